@@ -1,0 +1,257 @@
+"""Shards -> duration-bucketed, rank-balanced batches for training workers.
+
+The unit that travels is a *batch row*: the ingest side (Ray Data tasks, off the training process)
+reads shard rows, sorts each window of `window_rows` utterances by length, cuts it into batches under
+a padded-audio budget, pads each batch into one int16 [B, T] matrix and emits it as a single row.
+Because a batch is one row, Ray Train's dataset sharding (`streaming_split(n, equal=True)`) hands
+every rank the same number of *batches*, which is what keeps the gradient all-reduce from
+deadlocking; with `preserve_order` the assignment of batches to ranks is deterministic for a seed.
+
+int16 stays int16 all the way into the worker; `AudioBatch.to(device)` converts to float there.
+
+The same bucketing runs without Ray (`plain_batches`): the GPU benchmark, tests, and the
+single-process reader the ingest benchmark compares against.
+
+Shape legend: B batch size, T samples (16 kHz).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from sed_ray.data.schema import SAMPLE_RATE
+
+# what a batch carries besides audio, each as a list with one entry per utterance
+BATCH_META = ("id", "text", "emotion", "descriptor", "speaker", "split", "corpus")
+READ_COLUMNS = ["pcm", "num_samples", *BATCH_META]
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    batch_seconds: float = 64.0  # padded audio seconds per batch (B * T_max / 16 kHz), the memory knob
+    max_batch_size: int = 64  # utterances per batch, at most
+    window_rows: int = 512  # utterances sorted together; larger = less padding, more memory
+    shuffle: bool = True  # shuffle file order, within-window order and batch order (training)
+    seed: int = 0
+
+
+def shard_files(shard_dir: str | Path) -> list[str]:
+    """The Parquet shards of a finished `prepare` run, in shard order."""
+    shard_dir = Path(shard_dir)
+    if not (shard_dir / "summary.json").exists():
+        raise FileNotFoundError(f"{shard_dir} has no summary.json: `sed-ray prepare` has not finished "
+                                "there (rerun it with the same --out to resume)")
+    files = sorted(str(p) for p in (shard_dir / "shards").glob("part-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{shard_dir}/shards holds no part-*.parquet: prepare accepted no rows")
+    return files
+
+
+def _split_filter(split: str | None):
+    return None if split is None else pads.field("split") == split
+
+
+def count_rows(shard_dir: str | Path, split: str | None = None) -> int:
+    """Utterances of a split, from metadata only."""
+    dataset = pads.dataset(shard_files(shard_dir), format="parquet")
+    return dataset.count_rows(filter=_split_filter(split))
+
+
+def plan_batches(num_samples: np.ndarray, config: StreamConfig, rng: np.random.Generator | None) -> list[np.ndarray]:
+    """Group row indices into batches of similar length under the padded-samples budget.
+
+    Rows are sorted by length (random tie-breaking when `rng` is given); a batch closes when adding the
+    next row would exceed `batch_seconds` of padded audio or `max_batch_size` rows. A row longer than
+    the budget gets a batch of its own. Batch order is shuffled when `rng` is given.
+    """
+    budget = config.batch_seconds * SAMPLE_RATE
+    jitter = rng.random(len(num_samples)) if rng is not None else np.zeros(len(num_samples))
+    order = np.lexsort((jitter, num_samples))
+    batches: list[np.ndarray] = []
+    start = 0
+    for end in range(1, len(order) + 1):
+        size = end - start
+        longest = num_samples[order[end - 1]]  # sorted ascending: the last row is the longest
+        if size > 1 and (longest * size > budget or size > config.max_batch_size):
+            batches.append(order[start:end - 1])
+            start = end - 1
+    if start < len(order):
+        batches.append(order[start:])
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def bucket_window(table: pa.Table, config: StreamConfig) -> pa.Table:
+    """Shard rows (one utterance each) -> batch rows (one padded batch each)."""
+    if table.num_rows == 0:
+        return _empty_batch_table()
+    lengths = table.column("num_samples").to_numpy().astype(np.int64)
+    rng = None
+    if config.shuffle:  # seeded by the window's content, so the same window always buckets the same way
+        first_id = table.column("id")[0].as_py()
+        rng = np.random.default_rng([config.seed, zlib.crc32(first_id.encode()), table.num_rows])
+    pcm_column = table.column("pcm").combine_chunks()
+    offsets = pcm_column.offsets.to_numpy()
+    values = pcm_column.values.to_numpy(zero_copy_only=False)
+    meta = {name: table.column(name).to_pylist() for name in BATCH_META}
+    out: dict[str, list] = {"pcm": [], "lengths": [], "batch_size": [], "max_len": [],
+                            **{name: [] for name in BATCH_META}}
+    for rows in plan_batches(lengths, config, rng):
+        row_lengths = lengths[rows]
+        longest = int(row_lengths.max())
+        pcm_BT = np.zeros((len(rows), longest), dtype=np.int16)
+        for b, r in enumerate(rows):
+            pcm_BT[b, :row_lengths[b]] = values[offsets[r]:offsets[r + 1]]
+        out["pcm"].append(pcm_BT.tobytes())
+        out["lengths"].append(row_lengths.astype(np.int32).tolist())
+        out["batch_size"].append(len(rows))
+        out["max_len"].append(longest)
+        for name in BATCH_META:
+            column = meta[name]
+            out[name].append([column[r] for r in rows])
+    return pa.Table.from_pydict(out, schema=BATCH_SCHEMA)
+
+
+BATCH_SCHEMA = pa.schema([
+    pa.field("pcm", pa.large_binary()),  # int16 little-endian, B x T, row-major
+    pa.field("lengths", pa.list_(pa.int32())),
+    pa.field("batch_size", pa.int32()),
+    pa.field("max_len", pa.int32()),
+    *[pa.field(name, pa.list_(pa.string())) for name in BATCH_META],
+])
+
+
+def _empty_batch_table() -> pa.Table:
+    return BATCH_SCHEMA.empty_table()
+
+
+# --- the Ray Data path ------------------------------------------------------------------------------
+def ray_dataset(shard_dir: str | Path, split: str | None, config: StreamConfig):
+    """A Ray Dataset of batch rows for `split`; pass it to a TorchTrainer and let Ray Train shard it
+    with `data_config()` (equal batches per rank, deterministic order)."""
+    import ray.data
+
+    from sed_ray.ray_env import ensure_ray
+
+    ensure_ray()
+    files = shard_files(shard_dir)
+    shuffle = ray.data.FileShuffleConfig(seed=config.seed, reseed_after_execution=True) if config.shuffle else None
+    dataset = ray.data.read_parquet(files, columns=READ_COLUMNS, shuffle=shuffle)
+    if split is not None:  # an expression filter, which Ray pushes down into the Parquet scan
+        from ray.data.expressions import col
+
+        dataset = dataset.filter(expr=col("split") == split)
+    return dataset.map_batches(bucket_window, fn_kwargs={"config": config}, batch_size=config.window_rows,
+                               batch_format="pyarrow", zero_copy_batch=True)
+
+
+def data_config(split_datasets: Iterable[str] = ("train",)):
+    """Ray Train DataConfig: split the named datasets across ranks into equal numbers of batch rows,
+    preserving order so the split is deterministic."""
+    import ray.train
+    from ray.data import ExecutionOptions
+
+    options = ExecutionOptions(preserve_order=True)
+    return ray.train.DataConfig(datasets_to_split=list(split_datasets), execution_options=options)
+
+
+def iter_shard(shard, prefetch_batches: int = 2) -> Iterator["AudioBatch"]:
+    """What a training worker loops over: `iter_shard(ray.train.get_dataset_shard("train"))`."""
+    for table in shard.iter_batches(batch_size=1, batch_format="pyarrow", prefetch_batches=prefetch_batches):
+        yield AudioBatch.from_row(table)
+
+
+# --- the plain path (no Ray) ------------------------------------------------------------------------
+def plain_batches(shard_dir: str | Path, split: str | None, config: StreamConfig, *, epoch: int = 0,
+                  rank: int = 0, world_size: int = 1) -> Iterator["AudioBatch"]:
+    """The same bucketing in one process with pyarrow alone: rank `rank` of `world_size` gets every
+    world_size-th batch, and every rank the same count (the remainder is dropped)."""
+    files = shard_files(shard_dir)
+    if config.shuffle:
+        files = [files[i] for i in np.random.default_rng([config.seed, epoch]).permutation(len(files))]
+    batches = list(_plain_batch_tables(files, split, config))
+    usable = len(batches) - len(batches) % world_size
+    for table in batches[rank:usable:world_size]:
+        yield AudioBatch.from_row(table)
+
+
+def _plain_batch_tables(files: list[str], split: str | None, config: StreamConfig) -> Iterator[pa.Table]:
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    for path in files:
+        table = pq.read_table(path, columns=READ_COLUMNS, filters=_split_filter(split))
+        pending.append(table)
+        pending_rows += table.num_rows
+        while pending_rows >= config.window_rows:
+            merged = pa.concat_tables(pending)
+            window, rest = merged.slice(0, config.window_rows), merged.slice(config.window_rows)
+            yield from _rows_of(bucket_window(window, config))
+            pending, pending_rows = [rest], rest.num_rows
+    if pending_rows:
+        yield from _rows_of(bucket_window(pa.concat_tables(pending), config))
+
+
+def _rows_of(table: pa.Table) -> Iterator[pa.Table]:
+    for i in range(table.num_rows):
+        yield table.slice(i, 1)
+
+
+# --- the worker side --------------------------------------------------------------------------------
+@dataclass
+class AudioBatch:
+    """One training batch. `pcm_BT` is int16 until `to(device)` turns it into float in [-1, 1)."""
+
+    pcm_BT: "object"  # torch.Tensor, int16 on the host or float32 on the device
+    lengths_B: "object"  # torch.Tensor int64, samples per utterance
+    meta: dict[str, list]
+
+    @classmethod
+    def from_row(cls, table: pa.Table) -> "AudioBatch":
+        import torch
+
+        row = table.to_pylist()[0] if table.num_rows == 1 else None
+        if row is None:
+            raise ValueError(f"expected one batch row, got {table.num_rows}")
+        pcm = np.frombuffer(row["pcm"], dtype=np.int16).reshape(row["batch_size"], row["max_len"])
+        return cls(pcm_BT=torch.from_numpy(pcm.copy()), lengths_B=torch.tensor(row["lengths"], dtype=torch.int64),
+                   meta={name: row[name] for name in BATCH_META})
+
+    @property
+    def size(self) -> int:
+        return int(self.pcm_BT.shape[0])
+
+    @property
+    def audio_seconds(self) -> float:
+        return float(self.lengths_B.sum()) / SAMPLE_RATE
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - float(self.lengths_B.sum()) / float(self.pcm_BT.numel())
+
+    def to(self, device) -> "AudioBatch":
+        """Move to `device` as int16 (half the bytes of float), then convert there."""
+        pcm = self.pcm_BT.to(device, non_blocking=True).float().div_(32768.0)
+        return AudioBatch(pcm_BT=pcm, lengths_B=self.lengths_B.to(device), meta=self.meta)
+
+
+def padding_fraction(batches: Iterable[AudioBatch]) -> float:
+    """Padded samples / all samples over a stream of batches (0 = no padding)."""
+    real = padded = 0
+    for batch in batches:
+        real += int(batch.lengths_B.sum())
+        padded += int(batch.pcm_BT.numel())
+    return 1.0 - real / padded if padded else 0.0
+
+
+def stream_summary(shard_dir: str | Path) -> dict:
+    return json.loads((Path(shard_dir) / "summary.json").read_text())

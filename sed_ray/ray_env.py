@@ -1,0 +1,22 @@
+"""Connecting to Ray: the one place that decides between a running cluster and a local one."""
+
+from __future__ import annotations
+
+import os
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster this process belongs to, or start a local one.
+
+    Under `ray job submit` (RAY_ADDRESS set by Ray) or with RAY_ADDRESS exported, connect to it;
+    otherwise start a private local instance. An already-initialised Ray (tests, notebooks) is kept.
+    The dashboard is not started for local instances: nothing listens on a public port.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)

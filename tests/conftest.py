@@ -1,0 +1,45 @@
+"""Shared fixtures: one real local Ray cluster for the whole session, and corpus builders."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray instance, started once. Logical CPUs exceed the 2 physical cores on purpose:
+    training workers reserve CPUs and Ray Data's read tasks still need some to run beside them."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory):
+    """A small synthetic corpus shared by the tests that only read it."""
+    from sed_ray.data.synth import synthesize_corpus
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize_corpus(out, utterances=96, seed=7, workers=2, speakers=16)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_shards(synth_corpus, tmp_path_factory, ray_cluster):
+    from sed_ray.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("shards")
+    prepare("manifest", synth_corpus / "manifest.jsonl", out, shard_rows=24, log=lambda _m: None)
+    return out
