@@ -14,8 +14,13 @@ import sys
 def _synth(args: argparse.Namespace) -> int:
     from sed_ray.data.synth import synthesize_corpus
 
-    def progress(done: int, total: int) -> None:
-        print(f"\r[synth] {done}/{total} utterances", end="" if done < total else "\n", flush=True)
+    step = max(1, args.utterances // 10)
+    next_report = [step]
+
+    def progress(done: int, total: int) -> None:  # a line per ~10%, readable in logs and terminals alike
+        if done >= next_report[0] or done == total:
+            print(f"[synth] {done}/{total} utterances", flush=True)
+            next_report[0] = done + step
 
     manifest = synthesize_corpus(args.out, args.utterances, args.seed, workers=args.workers,
                                  speakers=args.speakers, progress=progress)
@@ -50,7 +55,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from sed_ray.bench import data_bench
 
-    figures = data_bench.run(args.what, args.shards, repeats=args.repeats, batch_seconds=args.batch_seconds)
+    figures = data_bench.run(args.what, args.data, repeats=args.repeats, batch_seconds=args.batch_seconds)
     print(json.dumps(figures, indent=2))
     return 0
 
@@ -93,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="prepare: audio seconds per wall second per core; ingest: the "
                                             "Ray Data stream against a plain pyarrow reader over the same shards.")
     bench.add_argument("what", choices=["prepare", "ingest"])
-    bench.add_argument("--shards", required=True,
-                       help="for ingest: a prepared folder; for prepare: a manifest to prepare")
+    bench.add_argument("--data", required=True,
+                       help="prepare: a manifest to prepare (e.g. from `sed-ray synth`); ingest: a prepared folder")
     bench.add_argument("--repeats", type=int, default=3, help="timed repetitions; medians are reported")
     bench.add_argument("--batch-seconds", type=float, default=64.0, help="padded audio seconds per batch")
     bench.set_defaults(handler=_bench)

@@ -87,12 +87,13 @@ class SourceRow:
         return cls(**data)
 
 
-# What a shard row holds. PCM is int16 little-endian mono at SAMPLE_RATE, stored as a list<int16> so
-# Arrow readers see typed samples without a custom decoder; `num_samples` duplicates its length so
-# planners can read durations without touching the audio column.
+# What a shard row holds. PCM is mono int16 little-endian at SAMPLE_RATE, stored as raw bytes (one
+# binary value per utterance): a list<int16> column makes Parquet decode a repetition level per
+# sample, which measured about 10x slower to scan (docs/benchmarks.md). `num_samples` lets planners
+# read durations without touching the audio column. Decode a value with `pcm_from_bytes`.
 SHARD_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
-    pa.field("pcm", pa.list_(pa.int16()), nullable=False),
+    pa.field("pcm", pa.large_binary(), nullable=False, metadata={"encoding": "int16le", "sample_rate": "16000"}),
     pa.field("num_samples", pa.int32(), nullable=False),
     pa.field("duration", pa.float32(), nullable=False),  # seconds
     pa.field("text", pa.string()),
@@ -106,3 +107,10 @@ SHARD_SCHEMA = pa.schema([
 ])
 
 METADATA_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name != "pcm"]
+
+
+def pcm_from_bytes(data: bytes) -> "np.ndarray":
+    """A shard's `pcm` value -> int16 samples (a view, no copy)."""
+    import numpy as np
+
+    return np.frombuffer(data, dtype="<i2")

@@ -91,18 +91,29 @@ def plan_batches(num_samples: np.ndarray, config: StreamConfig, rng: np.random.G
     return batches
 
 
+def _binary_value(array: pa.LargeBinaryArray, index: int, dtype: str) -> np.ndarray:
+    """Value `index` of a large_binary array as a read-only numpy view of its buffer (no copy)."""
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64, count=2, offset=8 * (array.offset + index))
+    itemsize = np.dtype(dtype).itemsize
+    return np.frombuffer(array.buffers()[2], dtype=dtype, count=int(offsets[1] - offsets[0]) // itemsize,
+                         offset=int(offsets[0]))
+
+
+def _window_rng(table: pa.Table, config: StreamConfig) -> np.random.Generator | None:
+    """Seeded by the window's content, so the same window always buckets the same way."""
+    if not config.shuffle or table.num_rows == 0:
+        return None
+    first_id = table.column("id")[0].as_py()
+    return np.random.default_rng([config.seed, zlib.crc32(first_id.encode()), table.num_rows])
+
+
 def bucket_window(table: pa.Table, config: StreamConfig) -> pa.Table:
     """Shard rows (one utterance each) -> batch rows (one padded batch each)."""
     if table.num_rows == 0:
         return _empty_batch_table()
     lengths = table.column("num_samples").to_numpy().astype(np.int64)
-    rng = None
-    if config.shuffle:  # seeded by the window's content, so the same window always buckets the same way
-        first_id = table.column("id")[0].as_py()
-        rng = np.random.default_rng([config.seed, zlib.crc32(first_id.encode()), table.num_rows])
+    rng = _window_rng(table, config)
     pcm_column = table.column("pcm").combine_chunks()
-    offsets = pcm_column.offsets.to_numpy()
-    values = pcm_column.values.to_numpy(zero_copy_only=False)
     meta = {name: table.column(name).to_pylist() for name in BATCH_META}
     out: dict[str, list] = {"pcm": [], "lengths": [], "batch_size": [], "max_len": [],
                             **{name: [] for name in BATCH_META}}
@@ -111,7 +122,7 @@ def bucket_window(table: pa.Table, config: StreamConfig) -> pa.Table:
         longest = int(row_lengths.max())
         pcm_BT = np.zeros((len(rows), longest), dtype=np.int16)
         for b, r in enumerate(rows):
-            pcm_BT[b, :row_lengths[b]] = values[offsets[r]:offsets[r + 1]]
+            pcm_BT[b, :row_lengths[b]] = _binary_value(pcm_column, int(r), "<i2")
         out["pcm"].append(pcm_BT.tobytes())
         out["lengths"].append(row_lengths.astype(np.int32).tolist())
         out["batch_size"].append(len(rows))
@@ -175,30 +186,41 @@ def iter_shard(shard, prefetch_batches: int = 2) -> Iterator["AudioBatch"]:
 def plain_batches(shard_dir: str | Path, split: str | None, config: StreamConfig, *, epoch: int = 0,
                   rank: int = 0, world_size: int = 1) -> Iterator["AudioBatch"]:
     """The same bucketing in one process with pyarrow alone: rank `rank` of `world_size` gets every
-    world_size-th batch, and every rank the same count (the remainder is dropped)."""
+    world_size-th batch, and every rank the same count (the remainder is dropped). Streams: with
+    several ranks, a metadata-only pass first counts the batches."""
     files = shard_files(shard_dir)
     if config.shuffle:
         files = [files[i] for i in np.random.default_rng([config.seed, epoch]).permutation(len(files))]
-    batches = list(_plain_batch_tables(files, split, config))
-    usable = len(batches) - len(batches) % world_size
-    for table in batches[rank:usable:world_size]:
-        yield AudioBatch.from_row(table)
+    usable = None
+    if world_size > 1:
+        total = sum(len(plan_batches(w.column("num_samples").to_numpy(), config, _window_rng(w, config)))
+                    for w in _windows(files, split, config.window_rows, ["id", "num_samples"]))
+        usable = total - total % world_size
+    index = 0
+    for window in _windows(files, split, config.window_rows, READ_COLUMNS):
+        for row in _rows_of(bucket_window(window, config)):
+            if usable is not None and index >= usable:
+                return
+            if index % world_size == rank:
+                yield AudioBatch.from_row(row)
+            index += 1
 
 
-def _plain_batch_tables(files: list[str], split: str | None, config: StreamConfig) -> Iterator[pa.Table]:
+def _windows(files: list[str], split: str | None, window_rows: int, columns: list[str]) -> Iterator[pa.Table]:
+    """Consecutive windows of `window_rows` rows across files, like Ray's map_batches(batch_size=...)."""
     pending: list[pa.Table] = []
     pending_rows = 0
     for path in files:
-        table = pq.read_table(path, columns=READ_COLUMNS, filters=_split_filter(split))
+        table = pq.read_table(path, columns=columns, filters=_split_filter(split))
         pending.append(table)
         pending_rows += table.num_rows
-        while pending_rows >= config.window_rows:
+        while pending_rows >= window_rows:
             merged = pa.concat_tables(pending)
-            window, rest = merged.slice(0, config.window_rows), merged.slice(config.window_rows)
-            yield from _rows_of(bucket_window(window, config))
+            yield merged.slice(0, window_rows)
+            rest = merged.slice(window_rows)
             pending, pending_rows = [rest], rest.num_rows
     if pending_rows:
-        yield from _rows_of(bucket_window(pa.concat_tables(pending), config))
+        yield pa.concat_tables(pending)
 
 
 def _rows_of(table: pa.Table) -> Iterator[pa.Table]:
@@ -219,12 +241,14 @@ class AudioBatch:
     def from_row(cls, table: pa.Table) -> "AudioBatch":
         import torch
 
-        row = table.to_pylist()[0] if table.num_rows == 1 else None
-        if row is None:
+        if table.num_rows != 1:
             raise ValueError(f"expected one batch row, got {table.num_rows}")
-        pcm = np.frombuffer(row["pcm"], dtype=np.int16).reshape(row["batch_size"], row["max_len"])
-        return cls(pcm_BT=torch.from_numpy(pcm.copy()), lengths_B=torch.tensor(row["lengths"], dtype=torch.int64),
-                   meta={name: row[name] for name in BATCH_META})
+        meta = table.drop_columns(["pcm"]).to_pylist()[0]
+        shape = (meta["batch_size"], meta["max_len"])
+        pcm = _binary_value(table.column("pcm").combine_chunks(), 0, "<i2").reshape(shape)
+        return cls(pcm_BT=torch.from_numpy(pcm.copy()),  # the one copy: Arrow buffers are read-only
+                   lengths_B=torch.tensor(meta["lengths"], dtype=torch.int64),
+                   meta={name: meta[name] for name in BATCH_META})
 
     @property
     def size(self) -> int:

@@ -18,7 +18,7 @@ import soundfile as sf
 from corpus_fixtures import write_iemocap, write_meld, write_speechcraft, write_wav
 from sed_ray.cli import main
 from sed_ray.data.prepare import prepare
-from sed_ray.data.schema import SAMPLE_RATE
+from sed_ray.data.schema import SAMPLE_RATE, pcm_from_bytes
 
 QUIET = {"log": lambda _m: None}
 
@@ -79,8 +79,8 @@ def test_every_bad_input_lands_in_rejects_and_good_rows_survive(tmp_path, ray_cl
     assert summary["hours_by_label"] == {"happy": pytest.approx(expected_hours, rel=1e-3)}
     # stored audio: 16 kHz int16 PCM whose length matches its metadata
     row = table.slice(0, 1).to_pylist()[0]
-    assert len(row["pcm"]) == row["num_samples"] == round(row["duration"] * SAMPLE_RATE)
-    assert table.schema.field("pcm").type.value_type == "int16"
+    assert len(pcm_from_bytes(row["pcm"])) == row["num_samples"] == round(row["duration"] * SAMPLE_RATE)
+    assert table.schema.field("pcm").metadata[b"encoding"] == b"int16le"
 
 
 def test_cli_exit_codes(tmp_path, ray_cluster, capsys):
