@@ -60,6 +60,36 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_info(args: argparse.Namespace) -> int:
+    from sed_ray.model.speech_llm import count_parameters
+    from sed_ray.train.stages import STAGE_PRESETS
+
+    if args.checkpoint:
+        from sed_ray.model.weights import load_model
+
+        model, name = load_model(args.checkpoint), args.checkpoint
+    else:
+        from sed_ray.model.presets import paper_model_on_meta
+
+        model, name = paper_model_on_meta(), "paper (HuBERT-large + Llama-3.1-8B-Instruct, meta device)"
+    groups = {k: sum(p.numel() for _, p in v) for k, v in model.parameter_groups().items()}
+    report = {"model": name, "groups": groups}
+    for stage, spec in STAGE_PRESETS.items():
+        model.set_trainable(spec["trains"])
+        report[stage] = {**count_parameters(model), "trains": list(spec["trains"])}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{name}")
+    print(f"  total parameters     {report['stage1']['total']:>15,}")
+    for group, n in groups.items():
+        print(f"  {group:<20} {n:>15,}")
+    for stage in STAGE_PRESETS:
+        r = report[stage]
+        print(f"  {stage}: trains {r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f} %): {', '.join(r['trains'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sed-ray", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -93,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--strict", action="store_true", help="exit non-zero if any row was rejected")
     prep.add_argument("--overwrite", action="store_true", help="discard shards of a different earlier plan in --out")
     prep.set_defaults(handler=_prepare)
+
+    info = commands.add_parser("model-info", help="parameter counts: total and trainable per stage",
+                               description="Print what trains in each stage. Without --checkpoint: the paper's "
+                                           "sizes, instantiated on the meta device (no weights, no download).")
+    info.add_argument("--checkpoint", default=None, help="a saved model folder (trainable.safetensors + config)")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(handler=_model_info)
 
     bench = commands.add_parser("bench", help="throughput benchmarks (prints figures as JSON)",
                                 description="prepare: audio seconds per wall second per core; ingest: the "

@@ -43,3 +43,27 @@ def synth_shards(synth_corpus, tmp_path_factory, ray_cluster):
     out = tmp_path_factory.mktemp("shards")
     prepare("manifest", synth_corpus / "manifest.jsonl", out, shard_rows=24, log=lambda _m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config(synth_corpus, tmp_path_factory):
+    """The tiny preset (random HuBERT-style encoder, Llama-style LLM, BPE tokenizer) saved to disk."""
+    import json
+
+    from sed_ray.model.presets import build_tiny
+
+    rows = [json.loads(line) for line in (synth_corpus / "manifest.jsonl").read_text().splitlines()]
+    texts = [r["text"] for r in rows] + [r["descriptor"] for r in rows]
+    return build_tiny(tmp_path_factory.mktemp("tiny"), texts, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_batch(synth_shards):
+    """Four utterances of the synthetic corpus as one float batch, with their targets."""
+    from sed_ray.data.stream import StreamConfig, plain_batches
+
+    batch = next(iter(plain_batches(synth_shards, "train", StreamConfig(batch_seconds=60, max_batch_size=4,
+                                                                         shuffle=False)))).to("cpu")
+    targets = [{"transcript": t, "descriptor": d, "emotion": e}
+               for t, d, e in zip(batch.meta["text"], batch.meta["descriptor"], batch.meta["emotion"])]
+    return batch, targets

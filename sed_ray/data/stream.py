@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from sed_ray.data.schema import SAMPLE_RATE
+from sed_ray.data.schema import SAMPLE_RATE, SHARD_SCHEMA
 
 # what a batch carries besides audio, each as a list with one entry per utterance
 BATCH_META = ("id", "text", "emotion", "descriptor", "speaker", "split", "corpus")
@@ -53,6 +53,10 @@ def shard_files(shard_dir: str | Path) -> list[str]:
     files = sorted(str(p) for p in (shard_dir / "shards").glob("part-*.parquet"))
     if not files:
         raise FileNotFoundError(f"{shard_dir}/shards holds no part-*.parquet: prepare accepted no rows")
+    pcm_type = pq.read_schema(files[0]).field("pcm").type
+    if pcm_type != SHARD_SCHEMA.field("pcm").type:
+        raise ValueError(f"{files[0]} stores pcm as {pcm_type}, not {SHARD_SCHEMA.field('pcm').type}: it was "
+                         "written by an older sed-ray; rerun `sed-ray prepare ... --overwrite`")
     return files
 
 

@@ -1,0 +1,1 @@
+"""The model: plain PyTorch + transformers + peft. Imports neither Ray nor DeepSpeed."""

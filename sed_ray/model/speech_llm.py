@@ -1,0 +1,246 @@
+"""The whole model: frozen encoder -> content and descriptor blocks -> adapters -> LLM with LoRA.
+
+`forward` returns the loss parts for a task; `predict` produces transcript, descriptor and an emotion
+posterior scored over the label set. What trains is decided outside, by `set_trainable(groups)`.
+
+Shape legend: B batch, T samples, L hidden states, F frames, Z latent, N pseudo-tokens, S sequence,
+H LLM width, C labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from sed_ray.model.adapter import Adapter
+from sed_ray.model.bottleneck import DisentanglementBlock
+from sed_ray.model.config import ModelConfig
+from sed_ray.model.encoder import SpeechEncoder
+from sed_ray.model.prompt import PromptBuilder, Task, get_task, parse_output
+
+BRANCHES = ("content", "descriptor")
+TRAINABLE_GROUPS = ("content_block", "content_adapter", "descriptor_block", "descriptor_adapter", "lora")
+IGNORE = -100
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # ce + beta_con * kl_con + beta_des * kl_des
+    ce: torch.Tensor
+    kl: dict[str, torch.Tensor]  # per branch used by the task
+    target_tokens: int
+    sequence_tokens: int
+
+    def parts(self) -> dict[str, float]:
+        return {"loss": float(self.loss), "ce": float(self.ce), **{f"kl_{k}": float(v) for k, v in self.kl.items()}}
+
+
+class SpeechEmotionLLM(nn.Module):
+    def __init__(self, config: ModelConfig, encoder: SpeechEncoder, llm: nn.Module, tokenizer) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.prompts = PromptBuilder(tokenizer, config.system_prompt)
+        width = llm.get_input_embeddings().weight.shape[1]
+        layers, dim = encoder.num_hidden_states, encoder.hidden_size
+        self.blocks = nn.ModuleDict({b: DisentanglementBlock(layers, dim, config.bottleneck_hidden, config.latent_dim)
+                                     for b in BRANCHES})
+        self.adapters = nn.ModuleDict({b: Adapter(config.latent_dim, config.stack_frames, config.adapter_hidden, width)
+                                       for b in BRANCHES})
+
+    # --- building -----------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "SpeechEmotionLLM":
+        """Load the encoder and LLM with from_pretrained (local folder or hub id; never remote code),
+        wrap the LLM with LoRA, add fresh blocks and adapters."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dtype = _dtype(config.dtype)
+        encoder = SpeechEncoder.from_pretrained(config.encoder, config.encoder_normalize, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(config.llm, trust_remote_code=False)
+        llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, trust_remote_code=False)
+        return cls(config, encoder, with_lora(llm, config), tokenizer)
+
+    # --- trainability -------------------------------------------------------------------------------
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """The trainable groups by name; everything else (encoder, LLM base weights) is always frozen."""
+        groups = {f"{b}_block": list(self.blocks[b].named_parameters(prefix=f"blocks.{b}")) for b in BRANCHES}
+        groups |= {f"{b}_adapter": list(self.adapters[b].named_parameters(prefix=f"adapters.{b}")) for b in BRANCHES}
+        groups["lora"] = [(n, p) for n, p in self.llm.named_parameters(prefix="llm") if "lora_" in n]
+        return groups
+
+    def set_trainable(self, groups: Iterable[str]) -> None:
+        groups = set(groups)
+        unknown = groups - set(TRAINABLE_GROUPS)
+        if unknown:
+            raise ValueError(f"unknown trainable group(s) {sorted(unknown)}; valid: {', '.join(TRAINABLE_GROUPS)}")
+        self.requires_grad_(False)
+        for name, params in self.parameter_groups().items():
+            for _, p in params:
+                p.requires_grad_(name in groups)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every parameter of every trainable group (whatever the current stage freezes)."""
+        return {n: p.detach() for params in self.parameter_groups().values() for n, p in params}
+
+    # --- encoding -----------------------------------------------------------------------------------
+    def encode(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, branches: Iterable[str]):
+        """-> ({branch: (pseudo-tokens B x N x H, mask B x N)}, {branch: KL})."""
+        hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)
+        streams, kls = {}, {}
+        embed_dtype = self.llm.get_input_embeddings().weight.dtype
+        for branch in branches:
+            z_BFZ, kls[branch] = self.blocks[branch](hidden_LBFD, mask_BF)
+            tokens_BNH, mask_BN = self.adapters[branch](z_BFZ, mask_BF)
+            streams[branch] = (tokens_BNH.to(embed_dtype), mask_BN)
+        return streams, kls
+
+    def _assemble(self, task: Task, streams, targets: list[list[int]], scored: list[list[bool]],
+                  repeat: int = 1):
+        """Left-padded inputs_embeds for prompt + streams + target ids; labels only where `scored`.
+        Sample i of the output uses stream row i // repeat (label scoring repeats each utterance)."""
+        embed = self.llm.get_input_embeddings()
+        device = embed.weight.device
+        rows, labels = [], []
+        pieces = self.prompts.pieces(task.name)
+        for i, (target, score) in enumerate(zip(targets, scored)):
+            parts, row_labels = [], []
+            for kind, payload in pieces:
+                if kind == "ids":
+                    parts.append(embed(torch.tensor(payload, device=device)))
+                    row_labels += [IGNORE] * len(payload)
+                else:
+                    tokens_BNH, mask_BN = streams[payload]
+                    n = int(mask_BN[i // repeat].sum())
+                    parts.append(tokens_BNH[i // repeat, :n])
+                    row_labels += [IGNORE] * n
+            if target:
+                parts.append(embed(torch.tensor(target, device=device)))
+                row_labels += [t if s else IGNORE for t, s in zip(target, score)]
+            rows.append(torch.cat(parts, dim=0))
+            labels.append(row_labels)
+        longest = max(r.shape[0] for r in rows)
+        width = rows[0].shape[1]
+        inputs_BSH = rows[0].new_zeros(len(rows), longest, width)
+        attention_BS = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
+        labels_BS = torch.full((len(rows), longest), IGNORE, dtype=torch.long, device=device)
+        for i, (row, row_labels) in enumerate(zip(rows, labels)):
+            inputs_BSH[i, longest - row.shape[0]:] = row
+            attention_BS[i, longest - row.shape[0]:] = 1
+            labels_BS[i, longest - row.shape[0]:] = torch.tensor(row_labels, device=device)
+        position_BS = (attention_BS.cumsum(-1) - 1).clamp(min=0)
+        return inputs_BSH, attention_BS, position_BS, labels_BS
+
+    # --- training -----------------------------------------------------------------------------------
+    def forward(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, targets: list[dict], task: str,
+                beta: dict[str, float] | None = None) -> LossOutput:
+        """Loss = cross-entropy on target tokens + sum over the task's branches of beta[b] * KL[b].
+        `targets[i]` holds the utterance's transcript, descriptor and emotion."""
+        spec = get_task(task)
+        streams, kls = self.encode(pcm_BT, lengths_B, spec.inputs)
+        ids = [self.prompts.target_ids(spec, t) for t in targets]
+        inputs, attention, positions, labels = self._assemble(spec, streams, ids, [[True] * len(x) for x in ids])
+        out = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions, labels=labels,
+                       use_cache=False)
+        beta = beta or {}
+        loss = out.loss + sum(float(beta.get(b, 0.0)) * kls[b] for b in spec.inputs)
+        return LossOutput(loss=loss, ce=out.loss.detach(), kl={b: k.detach() for b, k in kls.items()},
+                          target_tokens=int((labels != IGNORE).sum()), sequence_tokens=int(attention.sum()))
+
+    # --- inference ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score_labels(self, streams, task: str, prefixes: list[dict]) -> torch.Tensor:
+        """Posterior over config.labels (B x C): each label scored as the continuation after
+        "Emotion:" (its tokens and the end token), given the prefix fields in `prefixes`."""
+        spec = get_task(task)
+        labels = self.config.labels
+        targets, scored = [], []
+        for values in prefixes:
+            prefix, continuations = self.prompts.label_continuations(spec, values, labels)
+            for cont in continuations:
+                targets.append(prefix + cont)
+                scored.append([False] * len(prefix) + [True] * len(cont))
+        inputs, attention, positions, label_ids = self._assemble(spec, streams, targets, scored, repeat=len(labels))
+        logits = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions,
+                          use_cache=False).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        next_ids = label_ids[:, 1:]
+        mask = next_ids != IGNORE
+        token_logp = logp.gather(-1, next_ids.clamp(min=0)[..., None])[..., 0] * mask
+        scores_BC = token_logp.sum(-1).view(len(prefixes), len(labels))
+        return torch.softmax(scores_BC, dim=-1)
+
+    @torch.no_grad()
+    def generate_text(self, streams, task: str, batch_size: int, max_new_tokens: int = 96,
+                      num_beams: int = 1) -> list[str]:
+        spec = get_task(task)
+        inputs, attention, positions, _ = self._assemble(spec, streams, [[] for _ in range(batch_size)],
+                                                         [[] for _ in range(batch_size)])
+        tok = self.tokenizer
+        out = self.llm.generate(inputs_embeds=inputs, attention_mask=attention, max_new_tokens=max_new_tokens,
+                                num_beams=num_beams, do_sample=False, eos_token_id=tok.eos_token_id,
+                                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        return [self.prompts.decode(row) for row in out]
+
+    @torch.no_grad()
+    def predict(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, task: str = "joint",
+                references: list[dict] | None = None, descriptors: str = "predicted",
+                max_new_tokens: int = 96, num_beams: int = 1, return_latents: bool = False) -> list[dict]:
+        """Per utterance: transcript, descriptor, emotion and its posterior over the label set.
+
+        descriptors="predicted": the emotion is scored after the model's own transcript and descriptor.
+        descriptors="ground-truth": after the reference descriptor (`references[i]["descriptor"]`)."""
+        if descriptors not in ("predicted", "ground-truth"):
+            raise ValueError("descriptors must be 'predicted' or 'ground-truth'")
+        if descriptors == "ground-truth" and references is None:
+            raise ValueError("descriptors='ground-truth' needs references with a descriptor per utterance")
+        spec = get_task(task)
+        was_training = self.training
+        self.eval()
+        streams, _ = self.encode(pcm_BT, lengths_B, spec.inputs)
+        texts = self.generate_text(streams, task, pcm_BT.shape[0], max_new_tokens, num_beams)
+        results = []
+        for i, text in enumerate(texts):
+            parsed = parse_output(text)
+            if descriptors == "ground-truth":
+                parsed["descriptor"] = references[i].get("descriptor", "")
+            results.append({"transcript": parsed["transcript"], "descriptor": parsed["descriptor"],
+                            "generated_emotion": parsed["emotion"], "raw": text})
+        if "emotion" in spec.fields:
+            posterior = self.score_labels(streams, task, results)
+            for row, probs in zip(results, posterior.tolist()):
+                row["posterior"] = dict(zip(self.config.labels, probs))
+                row["emotion"] = max(row["posterior"], key=row["posterior"].get)
+        if return_latents:
+            hidden, mask = self.encoder(pcm_BT, lengths_B)
+            for branch in BRANCHES:
+                z, _ = self.blocks[branch](hidden, mask)
+                pooled = (z * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+                for row, vec in zip(results, pooled.tolist()):
+                    row[f"z_{branch}"] = vec
+        self.train(was_training)
+        return results
+
+
+def with_lora(llm: nn.Module, config: ModelConfig) -> nn.Module:
+    """LoRA adapters from peft on the configured projection modules; the base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                      target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(llm, lora)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}

@@ -1,0 +1,1 @@
+"""Training: schedules, stages, the per-worker step and loop, checkpoints, the Ray Train launcher."""

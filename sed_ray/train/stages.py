@@ -1,0 +1,108 @@
+"""Training stages as data: what each stage trains, on which task, for how long; repeated in rounds.
+
+The paper's recipe: stage 1 (ASR on the content branch, descriptor branch frozen), then stage 2 (the
+joint emotion + descriptor + ASR task on the descriptor branch, content branch frozen), alternated for
+R rounds. `both` trains every branch at once: the paper's weaker baseline, kept for ablations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sed_ray.model.prompt import TASKS
+from sed_ray.model.speech_llm import TRAINABLE_GROUPS
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    task: str  # a prompt task: asr, joint, joint_no_descriptor
+    trains: tuple[str, ...]  # trainable groups (model.speech_llm.TRAINABLE_GROUPS)
+    steps: int  # optimiser steps per round
+    lr: float = 1e-4  # peak learning rate of this stage
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.task not in TASKS:
+            problems.append(f"stage {self.name!r}: unknown task {self.task!r} (valid: {', '.join(TASKS)})")
+        bad = set(self.trains) - set(TRAINABLE_GROUPS)
+        if bad:
+            problems.append(f"stage {self.name!r}: unknown trainable group(s) {sorted(bad)} "
+                            f"(valid: {', '.join(TRAINABLE_GROUPS)})")
+        if not self.trains:
+            problems.append(f"stage {self.name!r}: trains nothing; list at least one group")
+        if self.steps <= 0:
+            problems.append(f"stage {self.name!r}: steps must be > 0 (got {self.steps})")
+        if self.lr <= 0:
+            problems.append(f"stage {self.name!r}: lr must be > 0 (got {self.lr})")
+        return problems
+
+    def beta_weights(self, beta: float) -> dict[str, float]:
+        """beta for each branch this stage trains; a frozen branch's KL carries no gradient, so 0."""
+        return {b: (beta if f"{b}_block" in self.trains else 0.0) for b in ("content", "descriptor")}
+
+
+STAGE_PRESETS = {
+    "stage1": dict(task="asr", trains=("content_block", "content_adapter", "lora")),
+    "stage2": dict(task="joint", trains=("descriptor_block", "descriptor_adapter", "lora")),
+    "both": dict(task="joint", trains=TRAINABLE_GROUPS),
+}
+
+
+def preset_stage(preset: str, steps: int, lr: float = 1e-4, name: str | None = None) -> Stage:
+    if preset not in STAGE_PRESETS:
+        raise ValueError(f"unknown stage preset {preset!r}; choose one of: {', '.join(STAGE_PRESETS)}")
+    return Stage(name=name or preset, steps=steps, lr=lr, **STAGE_PRESETS[preset])
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a global step falls in the schedule."""
+
+    index: int  # position in the expanded list of (round, stage)
+    round: int
+    stage: Stage
+    step_in_stage: int
+
+
+@dataclass(frozen=True)
+class StageSchedule:
+    stages: tuple[Stage, ...]
+    rounds: int = 1
+
+    def validate(self) -> list[str]:
+        problems = [p for s in self.stages for p in s.validate()]
+        if not self.stages:
+            problems.append("the stage schedule is empty")
+        if self.rounds <= 0:
+            problems.append(f"rounds must be > 0 (got {self.rounds})")
+        return problems
+
+    def expanded(self) -> list[tuple[int, Stage]]:
+        return [(r, s) for r in range(self.rounds) for s in self.stages]
+
+    @property
+    def total_steps(self) -> int:
+        return self.rounds * sum(s.steps for s in self.stages)
+
+    def locate(self, global_step: int) -> Position:
+        """The stage that step `global_step` (0-based) belongs to; past the end -> the last stage."""
+        remaining = global_step
+        expanded = self.expanded()
+        for index, (rnd, stage) in enumerate(expanded):
+            if remaining < stage.steps:
+                return Position(index, rnd, stage, remaining)
+            remaining -= stage.steps
+        rnd, stage = expanded[-1]
+        return Position(len(expanded) - 1, rnd, stage, stage.steps)
+
+    def boundaries(self) -> list[int]:
+        """Global steps at which a stage ends (checkpoint points)."""
+        out, total = [], 0
+        for _, stage in self.expanded():
+            total += stage.steps
+            out.append(total)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"rounds": self.rounds, "stages": [asdict(s) for s in self.stages]}
