@@ -52,6 +52,24 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from sed_ray.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.local:
+        from sed_ray.train.launcher import run_local
+
+        position = run_local(config)
+        print(f"train: finished at step {position.step} ({position.stage}); checkpoints in {config.run_dir / 'checkpoints'}")
+        return 0
+    from sed_ray.train.launcher import launch
+
+    result = launch(config)
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    print(f"train: finished; latest checkpoint {checkpoint}; metrics in {config.run_dir / 'metrics.jsonl'}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from sed_ray.bench import data_bench
 
@@ -123,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--strict", action="store_true", help="exit non-zero if any row was rejected")
     prep.add_argument("--overwrite", action="store_true", help="discard shards of a different earlier plan in --out")
     prep.set_defaults(handler=_prepare)
+
+    train = commands.add_parser("train", help="train on a Ray cluster (Ray Train + DeepSpeed ZeRO)",
+                                description="Train with the YAML config; dotted key=value overrides win. "
+                                            "Relaunching with the same name and storage resumes the run.")
+    train.add_argument("--config", required=True, help="YAML config (see jobs/configs/)")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. scaling.num_workers=4 optim.grad_clip=0.5")
+    train.add_argument("--local", action="store_true", help="run in this process without Ray or DeepSpeed (one worker)")
+    train.set_defaults(handler=_train)
 
     info = commands.add_parser("model-info", help="parameter counts: total and trainable per stage",
                                description="Print what trains in each stage. Without --checkpoint: the paper's "

@@ -1,0 +1,276 @@
+"""One typed config tree for a training run: dataclasses, YAML loading, dotted overrides.
+
+`load_config("run.yaml", ["optim.grad_clip=0.5", "scaling.num_workers=4"])` reads the YAML, applies
+the overrides (they win), and builds the tree; an unknown key or a value of the wrong type raises a
+ValueError that names the dotted key and what is valid. `validate()` collects every problem it can see
+without a cluster and raises them together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sed_ray.model.config import LoraSettings, ModelConfig
+
+
+@dataclass
+class DataSection:
+    shards: str = "data/shards"  # a `sed-ray prepare` output folder
+    train_split: str = "train"
+    valid_split: str = "valid"
+    batch_seconds: float = 64.0  # padded audio seconds per batch per worker
+    max_batch_size: int = 64  # utterances per batch, at most
+    window_rows: int = 512  # utterances sorted together for bucketing
+
+
+@dataclass
+class ModelSection(ModelConfig):
+    preset: str | None = None  # "tiny": build the tiny base under <storage>/<name>-base; None: use encoder/llm
+    tiny_vocab_size: int = 2000  # tiny preset: BPE vocabulary size
+
+    def model_config(self) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(ModelConfig)}
+        return ModelConfig(**{n: getattr(self, n) for n in names})
+
+
+@dataclass
+class StageSection:
+    preset: str = "stage1"  # stage1 (ASR, content branch), stage2 (joint, descriptor branch), both
+    steps: int = 100  # optimiser steps per round
+    lr: float = 1e-4  # peak learning rate
+    name: str | None = None
+    task: str | None = None  # override the preset's task (e.g. joint_no_descriptor for the ablation)
+
+
+@dataclass
+class ScheduleSection:
+    rounds: int = 1  # how many times the stage list repeats (alternating training)
+    stages: list[StageSection] = field(default_factory=lambda: [StageSection("stage1"), StageSection("stage2")])
+
+
+@dataclass
+class BetaSection:
+    kind: str = "exponential"  # constant | linear | exponential | cosine
+    start: float = 1.0
+    end: float = 1e-4
+    steps: int | None = None  # annealing length in steps; None = the whole run
+    value: float = 1e-3  # constant only
+
+
+@dataclass
+class OptimSection:
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 50  # linear warm-up at the start of each stage
+    decay: str = "cosine"  # cosine | linear | constant, to min_lr_ratio * lr at the end of each stage
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    grad_accum: int = 1  # micro-batches per optimiser step
+
+
+@dataclass
+class DeepSpeedSection:
+    enabled: bool = True  # False: plain PyTorch DDP-free step (single worker, or benchmarks)
+    zero_stage: int = 2  # 0-3
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+
+
+@dataclass
+class ScalingSection:
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # used when use_gpu
+    check_resources: bool = True  # refuse to start when the cluster cannot give the workers; turn off on autoscaling clusters
+
+
+@dataclass
+class CheckpointSection:
+    every_steps: int = 500  # also at every stage boundary
+    keep: int = 3  # checkpoints kept (most recent)
+
+
+@dataclass
+class LoggingSection:
+    every_steps: int = 10
+    wandb: bool = True  # rank 0 only; offline unless WANDB_API_KEY is set or wandb_mode says otherwise
+    wandb_project: str = "sed-ray"
+    wandb_mode: str | None = None  # online | offline | disabled; None = online with a key, else offline
+
+
+@dataclass
+class ValidationSection:
+    every_steps: int = 0  # 0 = at stage boundaries only
+    max_batches: int = 20  # per worker
+
+
+@dataclass
+class TrainConfig:
+    name: str = "sed-ray"  # run name: relaunching with the same name and storage resumes
+    storage: str = "runs"  # Ray Train storage_path (shared storage on a multi-node cluster)
+    seed: int = 0
+    max_failures: int = 3  # worker-group restarts from the latest checkpoint
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    beta: BetaSection = field(default_factory=BetaSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.storage).expanduser().resolve() / self.name
+
+    def stage_schedule(self):
+        from sed_ray.train.stages import Stage, StageSchedule, preset_stage
+
+        stages = []
+        for i, s in enumerate(self.schedule.stages):
+            stage = preset_stage(s.preset, s.steps, s.lr, s.name or f"{s.preset}")
+            if s.task:
+                stage = Stage(stage.name, s.task, stage.trains, stage.steps, stage.lr)
+            stages.append(stage)
+        return StageSchedule(tuple(stages), self.schedule.rounds)
+
+    def beta_schedule(self):
+        from sed_ray.train.schedules import beta_schedule
+
+        if self.beta.kind == "constant":
+            return beta_schedule({"kind": "constant", "value": self.beta.value})
+        steps = self.beta.steps or self.stage_schedule().total_steps
+        return beta_schedule({"kind": self.beta.kind, "start": self.beta.start, "end": self.beta.end, "steps": steps})
+
+    def validate(self) -> None:
+        """Raise one ValueError listing every problem, each naming the key to change."""
+        from sed_ray.train.stages import STAGE_PRESETS
+
+        problems = []
+        for i, s in enumerate(self.schedule.stages):
+            if s.preset not in STAGE_PRESETS:
+                problems.append(f"schedule.stages[{i}].preset: {s.preset!r} is not one of {', '.join(STAGE_PRESETS)}")
+            elif s.steps <= 0:
+                problems.append(f"schedule.stages[{i}].steps: must be > 0 (got {s.steps})")
+        if not any(p.startswith("schedule.stages") for p in problems):
+            problems += [f"schedule: {p}" for p in self.stage_schedule().validate()]
+        try:
+            self.beta_schedule()
+        except ValueError as exc:
+            problems.append(f"beta: {exc}")
+        checks = [
+            (self.scaling.num_workers >= 1, "scaling.num_workers: must be >= 1"),
+            (self.deepspeed.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage: must be 0, 1, 2 or 3"),
+            (self.deepspeed.precision in ("auto", "bf16", "fp32"), "deepspeed.precision: auto, bf16 or fp32"),
+            (self.deepspeed.enabled or self.scaling.num_workers == 1,
+             "deepspeed.enabled: false runs one worker only; set scaling.num_workers=1 or enable DeepSpeed"),
+            (self.optim.decay in ("cosine", "linear", "constant"), "optim.decay: cosine, linear or constant"),
+            (self.optim.grad_accum >= 1, "optim.grad_accum: must be >= 1"),
+            (self.optim.warmup_steps >= 0, "optim.warmup_steps: must be >= 0"),
+            (self.checkpoint.every_steps >= 1, "checkpoint.every_steps: must be >= 1"),
+            (self.checkpoint.keep >= 1, "checkpoint.keep: must be >= 1"),
+            (self.data.batch_seconds > 0, "data.batch_seconds: must be > 0"),
+            (self.model.preset in (None, "tiny"), "model.preset: null or tiny"),
+            (self.max_failures >= 0, "max_failures: must be >= 0"),
+        ]
+        problems += [message for ok, message in checks if not ok]
+        if not (Path(self.data.shards) / "summary.json").exists():
+            problems.append(f"data.shards: {self.data.shards} is not a finished `sed-ray prepare` output "
+                            "(no summary.json)")
+        if problems:
+            raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
+
+
+# --- loading ----------------------------------------------------------------------------------------
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check (and gently convert: int -> float, list -> tuple) `value` against the annotation `tp`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return build(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        (inner, *_rest) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ValueError(f"{key}: expected true or false, got {value!r}")
+    if tp in (int, str) and (not isinstance(value, tp) or isinstance(value, bool)):
+        raise ValueError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def build(cls, data: dict, prefix: str = ""):
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ValueError(f"unknown config key '{where}{unknown[0]}'; valid keys here: {', '.join(sorted(fields))}")
+    values = {name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name) for name, value in data.items()}
+    return cls(**values)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} must hold a mapping at the top level")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        key, value = item.split("=", 1)
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    if isinstance(raw.get("model", {}).get("lora"), dict):
+        raw["model"]["lora"] = {**dataclasses.asdict(LoraSettings()), **raw["model"]["lora"]}
+    return build(TrainConfig, raw)

@@ -1,0 +1,132 @@
+"""Launch training: the config's scaling, run and failure sections become a Ray Train TorchTrainer.
+
+Everything that can be checked before a worker starts is checked here (config, data, cluster
+resources), so a mistake costs seconds, not a cluster start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from sed_ray.config import TrainConfig, build
+from sed_ray.data.stream import StreamConfig
+
+
+def stream_config(config: TrainConfig, shuffle: bool) -> StreamConfig:
+    return StreamConfig(batch_seconds=config.data.batch_seconds, max_batch_size=config.data.max_batch_size,
+                        window_rows=config.data.window_rows, shuffle=shuffle, seed=config.seed)
+
+
+def check_resources(config: TrainConfig, cluster: dict[str, float]) -> None:
+    """Refuse a run the cluster cannot place (Ray would otherwise wait for resources forever)."""
+    scaling = config.scaling
+    need_cpu = scaling.num_workers * scaling.cpus_per_worker
+    need_gpu = scaling.num_workers * scaling.gpus_per_worker if scaling.use_gpu else 0
+    problems = []
+    if need_cpu > cluster.get("CPU", 0):
+        problems.append(f"scaling.num_workers={scaling.num_workers} x scaling.cpus_per_worker={scaling.cpus_per_worker} "
+                        f"needs {need_cpu:g} CPUs; the cluster has {cluster.get('CPU', 0):g}")
+    if need_gpu > cluster.get("GPU", 0):
+        problems.append(f"scaling.num_workers={scaling.num_workers} x scaling.gpus_per_worker={scaling.gpus_per_worker} "
+                        f"needs {need_gpu:g} GPUs; the cluster has {cluster.get('GPU', 0):g}")
+    if problems:
+        raise ValueError("the cluster cannot run this config:\n  - " + "\n  - ".join(problems) +
+                         "\n  lower scaling.num_workers, or set scaling.check_resources=false on an autoscaling cluster")
+
+
+def corpus_texts(shards: str | Path, split: str) -> list[str]:
+    import pyarrow.dataset as pads
+
+    from sed_ray.data.stream import shard_files
+
+    table = pads.dataset(shard_files(shards), format="parquet").to_table(
+        columns=["text", "descriptor"], filter=pads.field("split") == split)
+    return [t for column in table.columns for t in column.to_pylist() if t]
+
+
+def prepare_model(config: TrainConfig) -> TrainConfig:
+    """For the tiny preset, build its base (encoder, LLM, tokenizer) once under the run folder from the
+    training texts; the returned config points model.encoder/llm at it."""
+    if config.model.preset != "tiny":
+        return config
+    from sed_ray.model.presets import build_tiny
+
+    base = config.run_dir / "base"
+    if not (base / "model_config.json").exists():
+        staging = config.run_dir / "base.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        build_tiny(staging, corpus_texts(config.data.shards, config.data.train_split), seed=config.seed,
+                   vocab_size=config.model.tiny_vocab_size)
+        staging.rename(base)  # a base folder is complete or absent
+    built = json.loads((base / "model_config.json").read_text())
+    model = replace(config.model, encoder=str(base / "encoder"), llm=str(base / "llm"), latent_dim=built["latent_dim"],
+                    bottleneck_hidden=built["bottleneck_hidden"], adapter_hidden=built["adapter_hidden"])
+    return replace(config, model=model)
+
+
+def ray_train_loop(config_dict: dict) -> None:
+    """What each TorchTrainer worker runs."""
+    from sed_ray.train.context import RayTrainContext
+    from sed_ray.train.loop import train_worker
+
+    config = build(TrainConfig, config_dict)
+    train_worker(config, RayTrainContext(config.scaling.use_gpu))
+
+
+def launch(config: TrainConfig):
+    """Validate, then fit a TorchTrainer. Relaunching with the same name and storage resumes."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from sed_ray.data.stream import data_config, ray_dataset
+    from sed_ray.ray_env import ensure_ray
+
+    config.validate()
+    # A private local instance gets logical CPUs for the workers plus room for Ray Data's read and
+    # bucketing tasks: with only the workers' share, the ingest pipeline would starve (it hangs).
+    scaling = config.scaling
+    ensure_ray(num_cpus=max(os.cpu_count() or 1, int(scaling.num_workers * scaling.cpus_per_worker) + 2))
+    if config.scaling.check_resources:
+        check_resources(config, ray.cluster_resources())
+    config = prepare_model(config)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    (config.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    datasets = {config.data.train_split: ray_dataset(config.data.shards, config.data.train_split,
+                                                      stream_config(config, shuffle=True)),
+                config.data.valid_split: ray_dataset(config.data.shards, config.data.valid_split,
+                                                      stream_config(config, shuffle=False))}
+    resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
+    trainer = TorchTrainer(
+        ray_train_loop,
+        train_loop_config=config.to_dict(),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                               resources_per_worker=resources),
+        datasets=datasets,
+        dataset_config=data_config(list(datasets)),
+        run_config=ray.train.RunConfig(
+            name=config.name, storage_path=str(Path(config.storage).expanduser().resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoint.keep)),
+    )
+    return trainer.fit()
+
+
+def run_local(config: TrainConfig):
+    """The same loop in this process, without Ray (one worker; DeepSpeed off): GPU boxes without Ray,
+    debugging."""
+    from sed_ray.train.context import LocalContext
+    from sed_ray.train.loop import train_worker
+
+    config = replace(config, deepspeed=replace(config.deepspeed, enabled=False),
+                     scaling=replace(config.scaling, num_workers=1))
+    config.validate()
+    config = prepare_model(config)
+    context = LocalContext(config.run_dir, config.data.shards, stream_config(config, shuffle=True),
+                           use_gpu=config.scaling.use_gpu)
+    return train_worker(config, context)

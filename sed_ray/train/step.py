@@ -1,0 +1,181 @@
+"""One stage's optimiser and one optimisation step, with DeepSpeed ZeRO or plain PyTorch.
+
+A fresh optimiser (and DeepSpeed engine) is built per stage: each stage trains a different set of
+parameter groups, and only those are handed to the optimiser, so the frozen ones cannot move. The
+optimiser builder checks that its parameters are exactly the stage's declared groups.
+Runs without Ray; DeepSpeed is imported only when enabled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sed_ray.train.stages import Stage
+
+
+def lr_at(stage: Stage, step_in_stage: int, warmup: int, decay: str, min_ratio: float) -> float:
+    """Linear warm-up over `warmup` steps, then decay to min_ratio * lr by the end of the stage."""
+    if warmup and step_in_stage < warmup:
+        return stage.lr * (step_in_stage + 1) / warmup
+    span = max(stage.steps - warmup, 1)
+    progress = min(max(step_in_stage - warmup, 0) / span, 1.0)
+    if decay == "constant":
+        factor = 1.0
+    elif decay == "linear":
+        factor = 1.0 - (1.0 - min_ratio) * progress
+    else:
+        factor = min_ratio + (1.0 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return stage.lr * factor
+
+
+def deepspeed_config(zero_stage: int, precision: str, grad_accum: int, grad_clip: float, micro_batch: int = 1) -> dict:
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch,  # batches are pre-formed: one per micro-step
+        "gradient_accumulation_steps": grad_accum,
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "steps_per_print": 10**9,  # our own logging, not DeepSpeed's
+        "wall_clock_breakdown": False,
+    }
+    if grad_clip > 0:
+        config["gradient_clipping"] = grad_clip
+    return config
+
+
+class StageRunner:
+    """Owns the optimiser (or DeepSpeed engine) for one stage of the schedule."""
+
+    def __init__(self, model, stage: Stage, *, device: torch.device, weight_decay: float, betas: tuple[float, float],
+                 grad_clip: float, grad_accum: int, deepspeed: bool, zero_stage: int, precision: str) -> None:
+        self.model, self.stage, self.device = model, stage, device
+        self.grad_clip, self.grad_accum = grad_clip, grad_accum
+        model.set_trainable(stage.trains)
+        groups = model.parameter_groups()
+        self.names = [n for g in stage.trains for n, _ in groups[g]]
+        params = [p for g in stage.trains for _, p in groups[g]]
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        assert trainable == {id(p) for p in params}, "optimiser groups must cover exactly the stage's trainable set"
+        self.params = params
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.engine = None
+        if deepspeed:
+            import deepspeed as ds
+
+            config = deepspeed_config(zero_stage, precision, grad_accum, grad_clip)
+            self.engine, self.optimizer, _, _ = ds.initialize(model=model, optimizer=optimizer,
+                                                               model_parameters=params, config=config,
+                                                               dist_init_required=False)
+        else:
+            self.optimizer = optimizer
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_step(self, batches: list, task: str, beta: dict[str, float]) -> dict:
+        """One optimiser step over `grad_accum` micro-batches (AudioBatch on the host)."""
+        self.model.train()
+        sums: dict[str, float] = {}
+        target_tokens = sequence_tokens = 0
+        for batch in batches:
+            batch = batch.to(self.device)
+            targets = batch_targets(batch)
+            if self.engine is not None:
+                out = self.engine(batch.pcm_BT, batch.lengths_B, targets, task, beta)
+                self.engine.backward(out.loss)
+                self.engine.step()  # DeepSpeed steps the optimiser only at accumulation boundaries
+            else:
+                out = self.model(batch.pcm_BT, batch.lengths_B, targets, task, beta)
+                (out.loss / self.grad_accum).backward()
+            for key, value in out.parts().items():
+                sums[key] = sums.get(key, 0.0) + value / len(batches)
+            target_tokens += out.target_tokens
+            sequence_tokens += out.sequence_tokens
+        if self.engine is None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip) if self.grad_clip > 0 else None
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if norm is not None:
+                sums["grad_norm"] = float(norm)
+        else:
+            norm = self.engine.get_global_grad_norm()
+            if norm is not None:
+                sums["grad_norm"] = float(norm)
+        return {**sums, "target_tokens": target_tokens, "sequence_tokens": sequence_tokens}
+
+    # --- checkpoint state: full-size tensors, identical on every rank, world-size independent -------
+    def _full(self, param, key: str | None):
+        """The full fp32 weight (key None) or Adam moment `key` of `param`."""
+        if self.engine is not None and (hasattr(param, "_hp_mapping") or hasattr(param, "ds_id")):
+            from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+            return safe_get_full_fp32_param(param) if key is None else safe_get_full_optimizer_state(param, key)
+        if key is None:  # plain optimiser, or DeepSpeed without ZeRO partitioning: the module holds it
+            return param.detach()
+        return self._base_optimizer().state.get(param, {}).get(key)
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """All trainable-group weights; this stage's from the optimiser's fp32 master copy.
+        A collective under DeepSpeed: every rank must call it."""
+        state = {n: p.detach() for n, p in self.model.trainable_state_dict().items()}
+        for name, param in zip(self.names, self.params):
+            full = self._full(param, None)
+            if full is not None:
+                state[name] = full
+        return state
+
+    def optimizer_state(self) -> tuple[dict[str, torch.Tensor], int]:
+        """(Adam moments by parameter name, optimiser step count). A collective under DeepSpeed."""
+        state = {}
+        for name, param in zip(self.names, self.params):
+            for key in ("exp_avg", "exp_avg_sq"):
+                value = self._full(param, key)
+                if value is not None:
+                    state[f"{key}/{name}"] = value
+        return state, self._optimizer_step()
+
+    def _base_optimizer(self):
+        return getattr(self.optimizer, "optimizer", self.optimizer)  # DeepSpeed wraps the torch optimiser
+
+    def _optimizer_step(self) -> int:
+        for state in self._base_optimizer().state.values():
+            if "step" in state:
+                return int(state["step"])
+        return 0
+
+    def load_optimizer_state(self, tensors: dict[str, torch.Tensor], step: int) -> None:
+        """Put saved moments back. Adam's state must exist first: a zero-lr step with zero gradients
+        creates it without moving any weight."""
+        if not tensors:
+            return
+        partitioned = self.engine is not None and any(hasattr(p, "_hp_mapping") or hasattr(p, "ds_id") for p in self.params)
+        if not partitioned:
+            for name, param in zip(self.names, self.params):
+                if f"exp_avg/{name}" in tensors:
+                    self._base_optimizer().state[param] = {
+                        "step": torch.tensor(float(step)),
+                        "exp_avg": tensors[f"exp_avg/{name}"].to(param.device, param.dtype).clone(),
+                        "exp_avg_sq": tensors[f"exp_avg_sq/{name}"].to(param.device, param.dtype).clone()}
+            return
+        from deepspeed.utils import safe_set_full_optimizer_state
+
+        for name, param in zip(self.names, self.params):
+            for key in ("exp_avg", "exp_avg_sq"):
+                if f"{key}/{name}" in tensors:
+                    safe_set_full_optimizer_state(param, tensors[f"{key}/{name}"].to(self.device), key)
+        for state in self._base_optimizer().state.values():
+            if "step" in state:
+                state["step"] = torch.tensor(float(step)) if torch.is_tensor(state["step"]) else step
+
+    def close(self) -> None:
+        """Release the engine so the next stage's can wrap the same module."""
+        if self.engine is not None:
+            self.engine.destroy()
+        self.engine = None
+
+
+def batch_targets(batch) -> list[dict]:
+    return [{"transcript": t, "descriptor": d, "emotion": e}
+            for t, d, e in zip(batch.meta["text"], batch.meta["descriptor"], batch.meta["emotion"])]

@@ -1,0 +1,74 @@
+"""Metrics: a local JSONL file (always), Weights & Biases (rank 0, offline unless a key is set), and a
+console line. Nothing here decides anything; it only records."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# dense bf16 peak FLOP/s by GPU name, for the MFU estimate
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def peak_flops() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, config: dict, rank: int, wandb_enabled: bool, project: str,
+                 mode: str | None) -> None:
+        self.rank = rank
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.wandb = None
+        if rank != 0:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if wandb_enabled:
+            mode = mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+            if mode != "disabled":
+                import wandb
+
+                self.wandb = wandb.init(project=project, name=config.get("name"), config=config, mode=mode,
+                                        dir=str(run_dir), resume="allow", id=_wandb_id(run_dir))
+
+    def log(self, record: dict) -> None:
+        if self.rank != 0:
+            return
+        record = {"time": time.time(), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("step"))
+
+    def console(self, line: str) -> None:
+        if self.rank == 0:
+            print(line, file=sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_id(run_dir: Path) -> str:
+    """One W&B run per training run, stable across restarts and relaunches."""
+    path = Path(run_dir) / "wandb_id"
+    if path.exists():
+        return path.read_text().strip()
+    import uuid
+
+    run_id = uuid.uuid4().hex[:12]
+    path.write_text(run_id)
+    return run_id
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
