@@ -267,8 +267,11 @@ class AudioBatch:
         return 1.0 - float(self.lengths_B.sum()) / float(self.pcm_BT.numel())
 
     def to(self, device) -> "AudioBatch":
-        """Move to `device` as int16 (half the bytes of float), then convert there."""
-        pcm = self.pcm_BT.to(device, non_blocking=True).float().div_(32768.0)
+        """Move to `device` as int16 (half the bytes of float), then convert there. Idempotent: a batch
+        that is already float is moved, not scaled again."""
+        pcm = self.pcm_BT.to(device, non_blocking=True)
+        if not pcm.is_floating_point():
+            pcm = pcm.float().div_(32768.0)  # .float() made a new tensor: the in-place scale is safe
         return AudioBatch(pcm_BT=pcm, lengths_B=self.lengths_B.to(device), meta=self.meta)
 
 

@@ -66,5 +66,7 @@ def read_optimizer_state(folder: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(path)) if path.exists() else {}
 
 
-def restore_model(model, folder: str | Path) -> None:
+def restore_model(model, folder: str | Path) -> dict[str, torch.Tensor]:
+    """Load the checkpoint's trainable weights into `model`; returns them (fp32) for the optimiser."""
     load_trainable(model, Path(folder) / "model")
+    return load_file(str(Path(folder) / "model" / "trainable.safetensors"))

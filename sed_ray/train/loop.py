@@ -93,10 +93,10 @@ def train_worker(config: TrainConfig, context: TrainContext) -> TrainPosition:
     tracker = Tracker(run_dir, config.to_dict(), context.rank, config.logging.wandb, config.logging.wandb_project,
                       config.logging.wandb_mode)
 
-    position, optimizer_tensors = TrainPosition(), {}
+    position, optimizer_tensors, saved_weights = TrainPosition(), {}, {}
     resume_from = context.latest_checkpoint()
     if resume_from is not None:
-        restore_model(model, resume_from)
+        saved_weights = restore_model(model, resume_from)
         position = read_position(resume_from)
         optimizer_tensors = read_optimizer_state(resume_from)
         tracker.log({"event": "resumed", "step": position.step, "stage": position.stage, "round": position.round,
@@ -119,8 +119,8 @@ def train_worker(config: TrainConfig, context: TrainContext) -> TrainPosition:
                                  grad_accum=config.optim.grad_accum, deepspeed=config.deepspeed.enabled,
                                  zero_stage=config.deepspeed.zero_stage, precision=_precision(config, context))
             if optimizer_tensors and where.index == position.stage_index and where.step_in_stage > 0:
-                runner.load_optimizer_state(optimizer_tensors, position.optimizer_step)
-            optimizer_tensors = {}
+                runner.restore(saved_weights, optimizer_tensors, position.optimizer_step)
+            optimizer_tensors, saved_weights = {}, {}
             runner_index = where.index
             tracker.console(f"[train] {where.stage.name} (round {where.round + 1}/{schedule.rounds}): task "
                             f"{where.stage.task}, trains {', '.join(where.stage.trains)}, {where.stage.steps} steps")

@@ -108,7 +108,7 @@ class StageRunner:
     # --- checkpoint state: full-size tensors, identical on every rank, world-size independent -------
     def _full(self, param, key: str | None):
         """The full fp32 weight (key None) or Adam moment `key` of `param`."""
-        if self.engine is not None and (hasattr(param, "_hp_mapping") or hasattr(param, "ds_id")):
+        if self._partitioned():
             from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
             return safe_get_full_fp32_param(param) if key is None else safe_get_full_optimizer_state(param, key)
@@ -145,12 +145,25 @@ class StageRunner:
                 return int(state["step"])
         return 0
 
+    def restore(self, weights: dict[str, torch.Tensor], moments: dict[str, torch.Tensor], step: int) -> None:
+        """Resume mid-stage: the optimiser's fp32 master weights (under ZeRO, separate from the module's
+        possibly bf16 copy) and Adam's moments and step count, from a checkpoint."""
+        if self._partitioned():
+            from deepspeed.utils import safe_set_full_fp32_param
+
+            for name, param in zip(self.names, self.params):
+                safe_set_full_fp32_param(param, weights[name].to(self.device))
+        self.load_optimizer_state(moments, step)
+
+    def _partitioned(self) -> bool:
+        return self.engine is not None and any(hasattr(p, "_hp_mapping") or hasattr(p, "ds_id") for p in self.params)
+
     def load_optimizer_state(self, tensors: dict[str, torch.Tensor], step: int) -> None:
         """Put saved moments back. Adam's state must exist first: a zero-lr step with zero gradients
         creates it without moving any weight."""
         if not tensors:
             return
-        partitioned = self.engine is not None and any(hasattr(p, "_hp_mapping") or hasattr(p, "ds_id") for p in self.params)
+        partitioned = self._partitioned()
         if not partitioned:
             for name, param in zip(self.names, self.params):
                 if f"exp_avg/{name}" in tensors:
@@ -161,6 +174,7 @@ class StageRunner:
             return
         from deepspeed.utils import safe_set_full_optimizer_state
 
+        self._materialize_optimizer_state()
         for name, param in zip(self.names, self.params):
             for key in ("exp_avg", "exp_avg_sq"):
                 if f"{key}/{name}" in tensors:
@@ -168,6 +182,18 @@ class StageRunner:
         for state in self._base_optimizer().state.values():
             if "step" in state:
                 state["step"] = torch.tensor(float(step)) if torch.is_tensor(state["step"]) else step
+
+    def _materialize_optimizer_state(self) -> None:
+        """Adam creates its moments at its first step. Take one step with zero gradients at lr 0 (Adam's
+        moments stay 0, weight decay scales by 1 - 0: no weight moves) so they exist to be overwritten."""
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.set_lr(0.0)
+        for _ in range(self.grad_accum):  # DeepSpeed steps only at the accumulation boundary
+            zero = sum(p.float().sum() for p in self.params) * 0.0
+            self.engine.backward(zero)
+            self.engine.step()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
 
     def close(self) -> None:
         """Release the engine so the next stage's can wrap the same module."""

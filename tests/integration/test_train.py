@@ -1,0 +1,176 @@
+"""Distributed training on the real local Ray cluster: 2 workers, DeepSpeed ZeRO-2, both stages;
+a worker killed mid-stage; a run stopped and relaunched; bad configs refused before any worker starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sed_ray.config import load_config
+from sed_ray.train.launcher import launch
+from sed_ray.train.tracking import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
+
+
+def _config(shards, storage, name, stage1=4, stage2=4, **extra):
+    overrides = [f"data.shards={shards}", f"storage={storage}", f"name={name}",
+                 f"schedule.stages=[{{preset: stage1, steps: {stage1}, lr: 0.003}}, "
+                 f"{{preset: stage2, steps: {stage2}, lr: 0.003}}]",
+                 "checkpoint.every_steps=2", "checkpoint.keep=20", "logging.every_steps=1",
+                 "logging.wandb=false", "validation.max_batches=1", "data.batch_seconds=12",
+                 "optim.warmup_steps=1"]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return load_config(TINY, overrides)
+
+
+def _checkpoints(run_dir: Path) -> dict[int, Path]:
+    return {int(p.name.split("step")[1]): p for p in run_dir.glob("checkpoint_step*")}
+
+
+def _committed(run_dir: Path) -> list[int]:
+    """Checkpoint steps Ray Train has committed (listed in its snapshot), as opposed to folders on disk."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if not snapshot.exists():
+        return []
+    try:
+        results = json.loads(snapshot.read_text())["checkpoint_results"]
+    except (json.JSONDecodeError, KeyError):  # caught mid-write
+        return []
+    return [r["metrics"]["step"] for r in results]
+
+
+def _weights(checkpoint: Path, prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(str(checkpoint / "model" / "trainable.safetensors")).items() if k.startswith(prefix)}
+
+
+def test_two_workers_zero2_both_stages_and_checkpoint_scores(synth_shards, tmp_path, ray_cluster):
+    config = _config(synth_shards, tmp_path, "two-stage", stage1=4, stage2=4)
+    assert config.scaling.num_workers == 2 and config.deepspeed.zero_stage == 2
+    result = launch(config)
+    run_dir = tmp_path / "two-stage"
+    checkpoints = _checkpoints(run_dir)
+    assert sorted(checkpoints) == [2, 4, 6, 8]
+    position = json.loads((checkpoints[8] / "position.json").read_text())
+    assert position["step"] == 8 and position["stage"] == "stage2"
+    assert Path(result.checkpoint.path).name == "checkpoint_step0000008"
+
+    # frozen branches bit-identical through the stage that freezes them, trained ones moved
+    content = [_weights(checkpoints[s], "blocks.content") | _weights(checkpoints[s], "adapters.content") for s in (4, 8)]
+    descriptor = [_weights(checkpoints[s], "blocks.descriptor") | _weights(checkpoints[s], "adapters.descriptor")
+                  for s in (2, 4, 8)]
+    lora = [_weights(checkpoints[s], "llm.") for s in (4, 8)]
+    assert all(torch.equal(content[0][k], content[1][k]) for k in content[0])  # stage 2 froze content
+    assert all(torch.equal(descriptor[0][k], descriptor[1][k]) for k in descriptor[0])  # stage 1 froze descriptor
+    assert any(not torch.equal(descriptor[1][k], descriptor[2][k]) for k in descriptor[1])
+    assert any(not torch.equal(lora[0][k], lora[1][k]) for k in lora[0])
+
+    # the checkpoint reloads into the model and scores utterances
+    from sed_ray.data.stream import StreamConfig, plain_batches
+    from sed_ray.model.weights import load_model
+
+    model = load_model(checkpoints[8] / "model")
+    batch = next(iter(plain_batches(synth_shards, "test", StreamConfig(batch_seconds=20, shuffle=False)))).to("cpu")
+    rows = model.predict(batch.pcm_BT, batch.lengths_B, "joint", max_new_tokens=8)
+    assert len(rows) == batch.size and all(abs(sum(r["posterior"].values()) - 1) < 1e-5 for r in rows)
+
+    metrics = read_metrics(run_dir)
+    steps = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in steps] == list(range(1, 9))
+    for key in ("ce", "kl_content", "beta", "lr", "tokens_per_s", "audio_s_per_s", "padding_fraction"):
+        assert key in steps[-1], key
+    assert "kl_descriptor" in steps[-1] and "kl_descriptor" not in steps[0]
+    assert any("val_ua" in m for m in metrics)  # emotion UA from label scoring in the joint stage
+    assert steps[0]["beta"] == pytest.approx(1.0) and steps[-1]["beta"] < 1e-3
+
+
+def test_killed_worker_resumes_from_last_checkpoint(synth_shards, tmp_path, ray_cluster):
+    """SIGKILL one worker process mid-stage-2; the group restarts and finishes at the final step."""
+    config = _config(synth_shards, tmp_path, "faulty", stage1=4, stage2=8, max_failures=2)
+    run_dir = tmp_path / "faulty"
+    killed: dict = {}
+
+    def killer():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            done = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
+            if done and max(done) >= 7 and (run_dir / "workers" / "rank1.pid").exists():
+                pid = int((run_dir / "workers" / "rank1.pid").read_text())
+                killed["pid"], killed["after_step"] = pid, max(done)
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = launch(config)
+    thread.join(timeout=5)
+    assert killed, "the test never got to kill a worker"
+    metrics = read_metrics(run_dir)
+    resumed = [m for m in metrics if m.get("event") == "resumed"]
+    assert len(resumed) == 1
+    event = resumed[0]
+    checkpoint = _checkpoints(run_dir)[event["step"]]
+    saved = json.loads((checkpoint / "position.json").read_text())
+    # the latest checkpoint Ray had committed: at most a few steps behind (interval + commit lag)
+    assert killed["after_step"] - 6 <= event["step"] <= killed["after_step"] and event["step"] % 2 == 0
+    assert (event["stage"], event["round"], event["beta"]) == (saved["stage"], saved["round"], saved["beta"])
+    after = [m["step"] for m in metrics if "loss" in m and m["time"] > event["time"]]
+    assert after[0] == event["step"] + 1 and after[-1] == 12  # continued from the checkpoint to the end
+    assert json.loads((Path(result.checkpoint.path) / "position.json").read_text())["step"] == 12
+
+
+def test_relaunch_with_same_name_continues(synth_shards, tmp_path, ray_cluster):
+    """Kill the whole driver (a `sed-ray train` process) after its first checkpoint, then relaunch."""
+    name = "relaunch"
+    args = [f"data.shards={synth_shards}", f"storage={tmp_path}", f"name={name}",
+            "schedule.stages=[{preset: stage1, steps: 6, lr: 0.003}, {preset: stage2, steps: 4, lr: 0.003}]",
+            "checkpoint.every_steps=2", "logging.every_steps=1", "logging.wandb=false", "validation.max_batches=1",
+            "data.batch_seconds=12", "optim.warmup_steps=1", "checkpoint.keep=20"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "sed_ray.cli", "train", "--config", str(TINY), *args], env=env,
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / name
+    deadline = time.time() + 300
+    while time.time() < deadline and not _committed(run_dir):
+        assert driver.poll() is None, "the first launch ended before it could be stopped"
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    first = max(_committed(run_dir))
+    assert first < 10
+    time.sleep(2)  # let Ray notice the dead driver and release its workers
+
+    launch(load_config(TINY, args))
+    metrics = read_metrics(run_dir)
+    resumed = [m for m in metrics if m.get("event") == "resumed"]
+    assert resumed and resumed[-1]["step"] >= first
+    assert max(m["step"] for m in metrics if "loss" in m) == 10
+    assert max(_checkpoints(run_dir)) == 10
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["optim.learning_rate=1"], "unknown config key 'optim.learning_rate'"),
+    (["scaling.num_workers=two"], "scaling.num_workers: expected int"),
+    (["schedule.stages=[{preset: stage1, steps: 0}]"], "schedule.stages[0].steps: must be > 0"),
+    (["scaling.num_workers=64"], "scaling.num_workers=64"),
+    (["model.preset=huge"], "model.preset"),
+])
+def test_bad_config_fails_before_any_worker(synth_shards, tmp_path, ray_cluster, overrides, message):
+    started = time.time()
+    with pytest.raises(ValueError) as info:
+        launch(load_config(TINY, [f"data.shards={synth_shards}", f"storage={tmp_path}", "name=bad", *overrides]))
+    assert message in str(info.value)
+    assert not (tmp_path / "bad" / "workers").exists()  # no worker ever started
+    assert time.time() - started < 20
