@@ -70,6 +70,57 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from sed_ray.eval.metrics import read_predictions, score_records
+
+    metrics = score_records(read_predictions(args.predictions), args.labels.split(",") if args.labels else None)
+    text = json.dumps(metrics, indent=2)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(text)
+        print(f"score: wrote {args.out}")
+    print(text if not args.out else "\n".join(f"  {k}: {metrics[k]}" for k in
+                                              ("ua", "wa", "macro_f1", "wer", "bleu4", "meteor", "rouge_l", "cider", "spice")))
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from sed_ray.eval.evaluate import model_folder
+    from sed_ray.eval.infer import failed, run_inference, write_predictions
+
+    records = run_inference(str(model_folder(args.checkpoint)), args.input, task=args.task,
+                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    predictions, errors = write_predictions(records, args.out)
+    broken = [r for r in records if failed(r)]
+    for record in broken:
+        print(f"infer: {record.get('source') or record['id']}: {record['error']}", file=sys.stderr)
+    print(f"infer: {len(records) - len(broken)} predicted -> {predictions}; {len(broken)} failed -> {errors}")
+    return 1 if broken and len(broken) == len(records) else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from sed_ray.eval.evaluate import evaluate
+
+    checkpoints = {}
+    for item in args.checkpoint:
+        if args.protocol == "loso":
+            if "=" not in item:
+                raise ValueError(f"--protocol loso needs --checkpoint SESSION=PATH per fold, got {item!r}")
+            session, path = item.split("=", 1)
+            checkpoints[session] = path
+        else:
+            checkpoints[""] = item
+    if args.protocol == "split" and len(args.checkpoint) != 1:
+        raise ValueError("--protocol split takes exactly one --checkpoint")
+    metrics = evaluate(checkpoints, args.data, args.out, split=args.split, protocol=args.protocol,
+                       descriptors=args.descriptors, task=args.task, run_dir=args.run_dir,
+                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("ua", "wa", "wer", "bleu4", "cider") if metrics.get(k) is not None)
+    print(f"evaluate: {summary}\n  report: {args.out}/report.html")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from sed_ray.bench import data_bench
 
@@ -149,6 +200,43 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. scaling.num_workers=4 optim.grad_clip=0.5")
     train.add_argument("--local", action="store_true", help="run in this process without Ray or DeepSpeed (one worker)")
     train.set_defaults(handler=_train)
+
+    score = commands.add_parser("score", help="score a predictions file (JSONL or Parquet)",
+                                description="UA, WA, macro-F1, confusion (emotion_true/emotion_pred), WER "
+                                            "(text_ref/text_hyp), BLEU@4, METEOR, ROUGE-L, CIDEr, SPICE "
+                                            "(descriptor_ref/descriptor_hyp); scores the pairs present.")
+    score.add_argument("--predictions", required=True)
+    score.add_argument("--out", default=None, help="write metrics JSON here (default: print it)")
+    score.add_argument("--labels", default=None, help="comma-separated label order for the confusion matrix")
+    score.set_defaults(handler=_score)
+
+    infer = commands.add_parser("infer", help="batch inference (Ray Data actor pool)",
+                                description="Predict emotion, posterior, descriptor and transcript for a folder "
+                                            "of audio files, a manifest, or a prepared shard folder.")
+    infer.add_argument("--checkpoint", required=True, help="a model folder or a training checkpoint")
+    infer.add_argument("--input", required=True)
+    infer.add_argument("--out", required=True, help="writes OUT/predictions.parquet and OUT/errors.jsonl")
+    infer.add_argument("--task", default="joint")
+    infer.add_argument("--batch-size", type=int, default=8)
+    infer.add_argument("--max-new-tokens", type=int, default=96)
+    infer.set_defaults(handler=_infer)
+
+    ev = commands.add_parser("evaluate", help="inference + scoring + the HTML report",
+                             description="Writes OUT/metrics.json, OUT/predictions.parquet and OUT/report.html.")
+    ev.add_argument("--checkpoint", required=True, action="append",
+                    help="model folder or training checkpoint; with --protocol loso, SESSION=PATH once per fold")
+    ev.add_argument("--data", required=True, help="a prepared shard folder")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--out", required=True)
+    ev.add_argument("--protocol", choices=["split", "loso"], default="split",
+                    help="split: one checkpoint on --split (MELD's official test); loso: IEMOCAP leave-one-session-out")
+    ev.add_argument("--descriptors", choices=["predicted", "ground-truth"], default="predicted",
+                    help="score the emotion after the predicted or the reference descriptor (ablation)")
+    ev.add_argument("--task", default="joint")
+    ev.add_argument("--run-dir", default=None, help="training run folder for the curves (default: found from the checkpoint)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--max-new-tokens", type=int, default=96)
+    ev.set_defaults(handler=_evaluate)
 
     info = commands.add_parser("model-info", help="parameter counts: total and trainable per stage",
                                description="Print what trains in each stage. Without --checkpoint: the paper's "

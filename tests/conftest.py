@@ -67,3 +67,21 @@ def tiny_batch(synth_shards):
     targets = [{"transcript": t, "descriptor": d, "emotion": e}
                for t, d, e in zip(batch.meta["text"], batch.meta["descriptor"], batch.meta["emotion"])]
     return batch, targets
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(synth_shards, tmp_path_factory):
+    """A briefly trained tiny model (plain-process training: no Ray needed) and its run folder."""
+    from pathlib import Path
+
+    from sed_ray.config import load_config
+    from sed_ray.train.launcher import run_local
+
+    storage = tmp_path_factory.mktemp("runs")
+    config = load_config(Path(__file__).resolve().parents[1] / "jobs" / "configs" / "tiny.yaml", [
+        f"data.shards={synth_shards}", f"storage={storage}", "name=tiny-eval", "logging.wandb=false",
+        "schedule.stages=[{preset: stage1, steps: 6, lr: 0.003}, {preset: stage2, steps: 6, lr: 0.003}]",
+        "checkpoint.every_steps=6", "logging.every_steps=2", "validation.max_batches=1", "optim.warmup_steps=1"])
+    run_local(config)
+    checkpoints = sorted((storage / "tiny-eval" / "checkpoints").glob("step-*"))
+    return checkpoints[-1]

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, batch inference, the explainability report. Loads models through model/ only."""

@@ -1,0 +1,88 @@
+"""`sed-ray evaluate`: inference on a split (or on each leave-one-session-out fold), scoring, the report.
+
+Writes OUT/predictions.parquet, OUT/metrics.json and OUT/report.html (+ OUT/figures/*.png).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sed_ray.eval.infer import failed, run_inference
+from sed_ray.eval.metrics import score_records
+from sed_ray.eval.report import write_report
+
+
+def model_folder(checkpoint: str | os.PathLike) -> Path:
+    """A model folder (trainable.safetensors), or a training checkpoint holding one under model/."""
+    path = Path(checkpoint).expanduser().resolve()
+    if (path / "trainable.safetensors").exists():
+        return path
+    if (path / "model" / "trainable.safetensors").exists():
+        return path / "model"
+    raise FileNotFoundError(f"{path} is neither a model folder (trainable.safetensors) nor a training checkpoint "
+                            "(model/trainable.safetensors)")
+
+
+def _training_metrics(checkpoint: Path, run_dir: str | None) -> list[dict]:
+    from sed_ray.train.tracking import read_metrics
+
+    # model/ sits in a checkpoint folder, which sits in the run folder (Ray) or in run/checkpoints (--local)
+    candidates = [Path(run_dir)] if run_dir else list(checkpoint.parents)[:3]
+    for folder in candidates:
+        if (folder / "metrics.jsonl").exists():
+            return read_metrics(folder)
+    return []
+
+
+def as_prediction(record: dict) -> dict:
+    return {"id": record["id"], "speaker": record.get("speaker"), "session": record.get("session"),
+            "emotion_true": record.get("emotion"), "emotion_pred": record.get("emotion_pred"),
+            "text_ref": record.get("text"), "text_hyp": record.get("transcript"),
+            "descriptor_ref": record.get("descriptor"), "descriptor_hyp": record.get("descriptor_pred"),
+            "posterior": record.get("posterior"), "z_content": record.get("z_content"),
+            "z_descriptor": record.get("z_descriptor")}
+
+
+def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, split: str = "test",
+             protocol: str = "split", descriptors: str = "predicted", task: str = "joint",
+             run_dir: str | None = None, batch_size: int = 8, max_new_tokens: int = 96) -> dict:
+    """`checkpoints`: {"": path} for one model, or {session: path} for leave-one-session-out."""
+    from sed_ray.model.weights import read_config
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folders = {k: model_folder(v) for k, v in checkpoints.items()}
+    labels = list(read_config(next(iter(folders.values()))).labels)
+    predictions, folds = [], {}
+    for fold, folder in folders.items():
+        where = {"session": fold} if protocol == "loso" else {"split": split}
+        records = run_inference(str(folder), data, where=where, task=task, descriptors=descriptors,
+                                batch_size=batch_size, latents=True, max_new_tokens=max_new_tokens)
+        fold_predictions = [as_prediction(r) for r in records if not failed(r)]
+        if not fold_predictions:
+            raise ValueError(f"no utterance of {data} matches {where}: check --split / the fold's session name")
+        if protocol == "loso":
+            folds[fold] = {k: v for k, v in score_records(fold_predictions, labels).items() if k != "notes"}
+        predictions += fold_predictions
+    metrics = score_records(predictions, labels)
+    metrics["protocol"], metrics["descriptors"], metrics["task"] = protocol, descriptors, task
+    metrics["checkpoints"] = {k: str(v) for k, v in folders.items()}
+    if folds:
+        metrics["folds"] = folds
+    _write_predictions(predictions, out / "predictions.parquet")
+    first = next(iter(folders.values()))
+    title = f"sed-ray evaluation: {split if protocol == 'split' else 'leave-one-session-out'} ({descriptors} descriptors)"
+    write_report(out, metrics, predictions, title=title, training_metrics=_training_metrics(first, run_dir))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _write_predictions(predictions: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pylist(predictions), tmp)
+    tmp.replace(path)

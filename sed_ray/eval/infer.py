@@ -1,0 +1,171 @@
+"""Batch inference as a Ray Data job: inputs -> decode (CPU tasks) -> an actor pool, one model per actor
+(a GPU each when the cluster has them, CPUs otherwise) -> predictions.
+
+Inputs: a folder of audio files, a manifest (JSONL/CSV/Parquet, as `prepare` reads them), or a
+`prepare` output folder (already 16 kHz int16). A file that cannot be decoded becomes an error record
+naming the file and the reason; it never stops the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sed_ray.data.audio import CONTAINER_SUFFIXES, AudioLimits, AudioRejected, load_utterance
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3"} | CONTAINER_SUFFIXES
+META = ("text", "emotion", "descriptor", "speaker", "session", "split")
+
+
+def list_inputs(path: str | os.PathLike) -> tuple[str, list[dict]]:
+    """('shards', []) for a prepare output, else ('rows', [{id, audio, ...metadata}])."""
+    path = Path(path).expanduser().resolve()
+    if (path / "summary.json").exists() and (path / "shards").is_dir():
+        return "shards", []
+    if path.is_dir() and not any((path / f"manifest{s}").exists() for s in (".jsonl", ".csv", ".parquet")):
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"{path} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
+        return "rows", [{"id": str(p.relative_to(path).with_suffix("")), "audio": str(p)} for p in files]
+    from sed_ray.data.corpora import ConnectorOptions, list_rows
+
+    rows = []
+    for row in list_rows("manifest", path, ConnectorOptions(labels=("neutral", "happy", "angry", "sad", "surprised",
+                                                                    "fearful", "disgusted"))):
+        record = {"id": row.id, "audio": row.audio, "start": row.start, "end": row.end,
+                  **{k: getattr(row, k) for k in META}}
+        if row.reject:
+            record["error"] = row.reject
+        rows.append(record)
+    return "rows", rows
+
+
+def decode_row(row: dict, limits: AudioLimits = AudioLimits()) -> dict:
+    """One input row -> {id, pcm bytes, num_samples, metadata} or {id, error}."""
+    out = {"id": row["id"], "source": row.get("audio", ""), **{k: row.get(k) for k in META}}
+    if row.get("error"):
+        return {**out, "pcm": b"", "num_samples": 0, "error": row["error"]}
+    try:
+        pcm = load_utterance(row["audio"], row.get("start"), row.get("end"), limits)
+    except AudioRejected as exc:
+        return {**out, "pcm": b"", "num_samples": 0, "error": f"{exc.reason}: {exc.detail}"}
+    except Exception as exc:  # a decoder crash on one file costs that file only
+        return {**out, "pcm": b"", "num_samples": 0, "error": f"unreadable: {type(exc).__name__}: {exc}"}
+    return {**out, "pcm": pcm.tobytes(), "num_samples": len(pcm), "error": ""}
+
+
+class Predictor:
+    """One model per actor; each call predicts a batch of decoded rows."""
+
+    def __init__(self, checkpoint: str, task: str = "joint", descriptors: str = "predicted", max_new_tokens: int = 96,
+                 num_beams: int = 1, latents: bool = False) -> None:
+        import torch
+
+        from sed_ray.model.weights import load_model
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_model(checkpoint).to(self.device).eval()
+        self.task, self.descriptors = task, descriptors
+        self.max_new_tokens, self.num_beams, self.latents = max_new_tokens, num_beams, latents
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        good = [r for r in rows if not failed(r)]
+        results: dict[str, dict] = {}
+        if good:
+            lengths = [int(r["num_samples"]) for r in good]
+            pcm = np.zeros((len(good), max(lengths)), dtype=np.int16)
+            for i, r in enumerate(good):
+                pcm[i, :lengths[i]] = np.frombuffer(r["pcm"], dtype="<i2")
+            pcm_BT = torch.from_numpy(pcm).to(self.device).float().div_(32768.0)
+            references = [{"descriptor": r.get("descriptor") or ""} for r in good]
+            predictions = self.model.predict(pcm_BT, torch.tensor(lengths, device=self.device), self.task,
+                                             references=references, descriptors=self.descriptors,
+                                             max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
+                                             return_latents=self.latents)
+            results = {r["id"]: p for r, p in zip(good, predictions)}
+        out: dict[str, list] = {k: [] for k in ("id", "source", *META, "error", "emotion_pred", "transcript",
+                                                "descriptor_pred", "posterior", "z_content", "z_descriptor")}
+        for r in rows:
+            p = results.get(r["id"], {})
+            for key in ("id", "source", *META, "error"):
+                out[key].append(r.get(key))
+            out["emotion_pred"].append(p.get("emotion"))
+            out["transcript"].append(p.get("transcript"))
+            out["descriptor_pred"].append(p.get("descriptor"))
+            out["posterior"].append(json.dumps(p["posterior"]) if "posterior" in p else None)
+            out["z_content"].append(p.get("z_content"))
+            out["z_descriptor"].append(p.get("z_descriptor"))
+        return out
+
+
+def run_inference(checkpoint: str, inputs: str | os.PathLike, *, where: dict | None = None, task: str = "joint",
+                  descriptors: str = "predicted", batch_size: int = 8, actors: int | None = None,
+                  latents: bool = False, max_new_tokens: int = 96) -> list[dict]:
+    """`where` keeps only rows whose metadata equal its values, e.g. {"split": "test"} or
+    {"session": "Session3"}."""
+    """Predictions for every input (error records included), in input order."""
+    import ray
+    import ray.data
+
+    from sed_ray.ray_env import ensure_ray
+
+    ensure_ray()
+    kind, rows = list_inputs(inputs)
+    if kind == "shards":
+        from ray.data.expressions import col
+
+        from sed_ray.data.stream import shard_files
+
+        dataset = ray.data.read_parquet(shard_files(inputs), columns=["id", "pcm", "num_samples", "source", *META])
+        for key, value in (where or {}).items():
+            dataset = dataset.filter(expr=col(key) == value)
+        dataset = dataset.map(lambda r: {**r, "error": ""})
+    else:
+        rows = [r for r in rows if all(r.get(k) == v for k, v in (where or {}).items())]
+        if not rows:
+            raise ValueError(f"no input rows in {inputs}")
+        dataset = ray.data.from_items(rows).map(decode_row)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    pool = actors or max(1, int(gpus) if gpus else min(2, int(ray.cluster_resources().get("CPU", 1)) // 2 or 1))
+    predictions = dataset.map_batches(
+        Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "task": task, "descriptors": descriptors,
+                                          "latents": latents, "max_new_tokens": max_new_tokens},
+        batch_size=batch_size, concurrency=pool, num_gpus=1 if gpus else 0, num_cpus=1, batch_format="default")
+    predictions.context.execution_options.preserve_order = True
+    return [dict(r) for r in predictions.iter_rows()]
+
+
+def write_predictions(records: list[dict], out: str | os.PathLike) -> tuple[Path, Path]:
+    """DIR/predictions.parquet (one row per input that decoded) and DIR/errors.jsonl (one per failure)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    good = [r for r in records if not failed(r)]
+    bad = [r for r in records if failed(r)]
+    columns = ["id", "source", *META, "emotion_pred", "transcript", "descriptor_pred", "posterior"]
+    table = pa.Table.from_pylist([{k: _plain(r.get(k)) for k in columns} for r in good])
+    path = out / "predictions.parquet"
+    tmp = out / ".predictions.parquet.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    errors = out / "errors.jsonl"
+    errors.write_text("".join(json.dumps({"id": r["id"], "source": r.get("source"), "error": r["error"]}) + "\n"
+                              for r in bad))
+    return path, errors
+
+
+def failed(record: dict) -> bool:
+    """An error is a non-empty string ("" = none: Ray's batches turn None into NaN, so None is not used)."""
+    return isinstance(record.get("error"), str) and record["error"] != ""
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,153 @@
+"""Scores for emotion (UA, WA, macro-F1, confusion), transcripts (WER) and descriptors (captioning metrics).
+
+Captioning metrics are coco-caption's own implementations (pycocoevalcap): texts are tokenised with its
+PTB tokenizer (Java), then BLEU@4, METEOR (its bundled jar), ROUGE-L and CIDEr(-D) are computed
+corpus-level exactly as coco-caption does. SPICE needs the Stanford CoreNLP 3.6.0 jars, which
+pycocoevalcap downloads on first use; where they are absent `spice` is null and `notes` says how to
+enable it. No value is ever made up.
+
+WER uses jiwer after this normalisation of both sides: lower-case, punctuation removed (apostrophes
+inside words kept), whitespace collapsed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+_PUNCT = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
+
+
+def normalise_transcript(text: str) -> str:
+    return " ".join(_PUNCT.sub(" ", (text or "").lower()).split())
+
+
+def emotion_scores(truth: list[str], predicted: list[str], labels: list[str] | None = None) -> dict:
+    """UA (mean per-class recall over classes present in the truth), WA (accuracy), macro-F1 (over the
+    label order), confusion[i][j] = count of true label i predicted as j."""
+    labels = list(labels or sorted(set(truth) | set(predicted)))
+    index = {label: i for i, label in enumerate(labels)}
+    extra = sorted({p for p in predicted if p not in index})
+    labels += extra  # a prediction outside the label set is counted, never silently dropped
+    index = {label: i for i, label in enumerate(labels)}
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(truth, predicted):
+        confusion[index[t], index[p]] += 1
+    support = confusion.sum(1)
+    predicted_count = confusion.sum(0)
+    tp = np.diag(confusion)
+    present = support > 0
+    recall = np.divide(tp, support, out=np.zeros(len(labels)), where=present)
+    precision = np.divide(tp, predicted_count, out=np.zeros(len(labels)), where=predicted_count > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(labels)),
+                   where=(precision + recall) > 0)
+    considered = present | (predicted_count > 0)
+    return {"ua": float(recall[present].mean()) if present.any() else None,
+            "wa": float(tp.sum() / len(truth)) if truth else None,
+            "macro_f1": float(f1[considered].mean()) if considered.any() else None,
+            "per_class_recall": {label: float(recall[i]) for i, label in enumerate(labels) if present[i]},
+            "confusion": {"labels": labels, "matrix": confusion.tolist()}}
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    import jiwer
+
+    pairs = [(normalise_transcript(r), normalise_transcript(h)) for r, h in zip(references, hypotheses)]
+    pairs = [(r, h) for r, h in pairs if r]  # an empty reference has no words to err on
+    if not pairs:
+        return float("nan")
+    return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
+
+
+def spice_available() -> tuple[bool, str]:
+    import pycocoevalcap.spice as spice_pkg
+
+    lib = Path(spice_pkg.__file__).parent / "lib"
+    missing = [j for j in ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar") if not (lib / j).exists()]
+    if missing:
+        return False, (f"SPICE not computed: Stanford CoreNLP 3.6.0 jars ({', '.join(missing)}) are missing from "
+                       f"{lib}; with network access run `python -c \"from pycocoevalcap.spice.get_stanford_models "
+                       "import get_stanford_models; get_stanford_models()\"` (or copy the two jars there) to enable it")
+    return True, ""
+
+
+def caption_scores(references: list[str], hypotheses: list[str]) -> dict:
+    """coco-caption BLEU@4, METEOR, ROUGE-L, CIDEr and SPICE (one reference per utterance)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"caption": r}] for i, r in enumerate(references)})
+    res = tokenizer.tokenize({i: [{"caption": h}] for i, h in enumerate(hypotheses)})
+    scores = {"bleu4": float(Bleu(4).compute_score(gts, res, verbose=0)[0][3]),
+              "rouge_l": float(Rouge().compute_score(gts, res)[0]),
+              "cider": float(Cider().compute_score(gts, res)[0])}
+    meteor = Meteor()  # a Java subprocess, ended when the object is collected
+    scores["meteor"] = float(meteor.compute_score(gts, res)[0])
+    del meteor
+    notes = []
+    available, why = spice_available()
+    if available:
+        from pycocoevalcap.spice.spice import Spice
+
+        scores["spice"] = float(Spice().compute_score(gts, res)[0])
+    else:
+        scores["spice"] = None
+        notes.append(why)
+    return {**scores, "notes": notes}
+
+
+def score_records(records: list[dict], labels: list[str] | None = None) -> dict:
+    """Score whatever pairs the records carry: emotion_true/pred, text_ref/hyp, descriptor_ref/hyp."""
+    def pairs(a: str, b: str) -> list[tuple]:
+        return [(r[a], r[b]) for r in records if r.get(a) is not None and r.get(b) is not None]
+
+    out: dict = {"n": {"records": len(records)}, "notes": []}
+    emotions = pairs("emotion_true", "emotion_pred")
+    out["n"]["emotion"] = len(emotions)
+    if emotions:
+        out |= emotion_scores([str(t) for t, _ in emotions], [str(p) for _, p in emotions], labels)
+    texts = pairs("text_ref", "text_hyp")
+    out["n"]["text"] = len(texts)
+    if texts:
+        out["wer"] = word_error_rate([str(r) for r, _ in texts], [str(h) for _, h in texts])
+    descriptors = [(r, h) for r, h in pairs("descriptor_ref", "descriptor_hyp") if str(r).strip()]
+    out["n"]["descriptor"] = len(descriptors)
+    if descriptors:
+        captions = caption_scores([str(r) for r, _ in descriptors], [str(h) for _, h in descriptors])
+        out["notes"] += captions.pop("notes")
+        out |= captions
+    for key in ("ua", "wa", "macro_f1", "confusion", "wer", "bleu4", "meteor", "rouge_l", "cider", "spice"):
+        out.setdefault(key, None)
+    return out
+
+
+def read_predictions(path: str | os.PathLike) -> list[dict]:
+    """JSONL or Parquet predictions file -> records; a malformed line names its number."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"predictions file {path} does not exist")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {number} is not valid JSON ({exc.msg}); fix or remove it") from exc
+        if not isinstance(record, dict):
+            raise ValueError(f"{path} line {number} is not a JSON object")
+        records.append(record)
+    return records

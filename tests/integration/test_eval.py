@@ -1,0 +1,106 @@
+"""`sed-ray evaluate` and `sed-ray infer` on a briefly trained tiny checkpoint, the report in a real browser."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+
+from corpus_fixtures import write_mp4, write_wav
+from sed_ray.cli import main
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="module")
+def evaluation(tiny_checkpoint, synth_shards, tmp_path_factory, ray_cluster):
+    out = tmp_path_factory.mktemp("evaluation")
+    code = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(synth_shards), "--split", "test",
+                 "--out", str(out), "--max-new-tokens", "24"])
+    assert code == 0
+    return out
+
+
+def test_evaluate_writes_metrics_predictions_and_report(evaluation, synth_shards):
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    for key in ("ua", "wa", "macro_f1", "confusion", "wer", "bleu4", "meteor", "rouge_l", "cider", "spice", "n"):
+        assert key in metrics, key
+    test_rows = pq.read_table(sorted((synth_shards / "shards").glob("*.parquet")), columns=["split"]).column("split")
+    expected = sum(1 for s in test_rows.to_pylist() if s == "test")
+    predictions = pq.read_table(evaluation / "predictions.parquet").to_pylist()
+    assert len(predictions) == expected == metrics["n"]["emotion"]
+    assert all(p["emotion_pred"] in metrics["confusion"]["labels"] for p in predictions)
+    assert all(abs(sum(json.loads(p["posterior"]).values()) - 1) < 1e-4 for p in predictions)
+    assert set(metrics["silhouette"]) == {"content_by_emotion", "content_by_speaker", "descriptor_by_emotion",
+                                          "descriptor_by_speaker"}
+    figures = sorted(p.name for p in (evaluation / "figures").glob("*.png"))
+    assert figures == ["confusion.png", "curves.png", "latents.png", "recall.png"]
+    assert (evaluation / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium: install Debian's `chromium` package "
+                                            "(apt-get install chromium) to render the report in a real browser")
+def test_report_renders_in_headless_chromium_with_every_figure(evaluation, tmp_path):
+    result = subprocess.run(
+        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=5000", "--dump-dom", (evaluation / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    expected = int(re.search(r'data-figures-expected="(\d+)"', dom)[1])
+    loaded = re.search(r'data-figures-loaded="(\d+)"', dom)
+    assert expected == 4 and loaded and int(loaded[1]) == expected  # the page's own check: every image decoded
+    assert "Uncaught" not in result.stderr  # no JavaScript error
+    assert "<h2>Metrics</h2>" in dom and "Explanations" in dom
+
+
+def test_infer_reports_broken_files_and_predicts_the_rest(tiny_checkpoint, tmp_path, ray_cluster, capsys):
+    folder = tmp_path / "audio"
+    write_wav(folder / "one.wav", 1.2, rate=22050)
+    write_wav(folder / "nested" / "two.flac", 0.9, rate=16000)
+    write_mp4(folder / "three.mp4", 1.0)
+    (folder / "broken.wav").write_bytes(b"RIFF....WAVEjunk" * 10)
+    (folder / "empty.mp3").write_bytes(b"")
+    full = write_wav(tmp_path / "full.wav", 1.0).read_bytes()
+    (folder / "cut.wav").write_bytes(full[: len(full) // 3])
+    out = tmp_path / "out"
+    assert main(["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(folder), "--out", str(out),
+                 "--max-new-tokens", "16"]) == 0
+    predictions = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert sorted(p["id"] for p in predictions) == ["nested/two", "one", "three"]
+    for p in predictions:
+        posterior = json.loads(p["posterior"])
+        assert p["emotion_pred"] == max(posterior, key=posterior.get)
+        assert "transcript" in p and "descriptor_pred" in p
+    errors = {e["id"]: e for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    assert sorted(errors) == ["broken", "cut", "empty"]
+    assert errors["cut"]["error"].startswith("truncated") and errors["empty"]["error"].startswith("empty")
+    assert errors["broken"]["source"].endswith("broken.wav")
+    err = capsys.readouterr().err
+    assert "broken.wav: unreadable" in err
+
+
+def test_leave_one_session_out_with_ground_truth_descriptors(tiny_checkpoint, tmp_path, ray_cluster):
+    """IEMOCAP protocol: one checkpoint per session fold; results per fold and pooled."""
+    from corpus_fixtures import write_iemocap
+    from sed_ray.data.prepare import prepare
+
+    write_iemocap(tmp_path / "iemocap")
+    prepare("iemocap", tmp_path / "iemocap", tmp_path / "shards", log=lambda _m: None)
+    out = tmp_path / "loso"
+    assert main(["evaluate", "--protocol", "loso", "--checkpoint", f"Session1={tiny_checkpoint}",
+                 "--checkpoint", f"Session2={tiny_checkpoint}", "--data", str(tmp_path / "shards"),
+                 "--out", str(out), "--descriptors", "ground-truth", "--max-new-tokens", "8"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["folds"]) == {"Session1", "Session2"}
+    assert metrics["folds"]["Session1"]["n"]["emotion"] == 2  # the 'fru' utterance is outside the protocol
+    assert metrics["folds"]["Session2"]["n"]["emotion"] == 3
+    assert metrics["n"]["emotion"] == 5 and metrics["descriptors"] == "ground-truth"
+    sessions = {p["session"] for p in pq.read_table(out / "predictions.parquet").to_pylist()}
+    assert sessions == {"Session1", "Session2"}
