@@ -16,8 +16,6 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
-
 _PUNCT = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
 
 
@@ -26,30 +24,20 @@ def normalise_transcript(text: str) -> str:
 
 
 def emotion_scores(truth: list[str], predicted: list[str], labels: list[str] | None = None) -> dict:
-    """UA (mean per-class recall over classes present in the truth), WA (accuracy), macro-F1 (over the
-    label order), confusion[i][j] = count of true label i predicted as j."""
+    """scikit-learn's definitions: UA = balanced accuracy (mean recall over the classes in the truth),
+    WA = accuracy, macro-F1 over the classes seen in truth or predictions; confusion[i][j] counts true
+    label i predicted as j, in the returned label order."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, recall_score
+
     labels = list(labels or sorted(set(truth) | set(predicted)))
-    index = {label: i for i, label in enumerate(labels)}
-    extra = sorted({p for p in predicted if p not in index})
-    labels += extra  # a prediction outside the label set is counted, never silently dropped
-    index = {label: i for i, label in enumerate(labels)}
-    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    for t, p in zip(truth, predicted):
-        confusion[index[t], index[p]] += 1
-    support = confusion.sum(1)
-    predicted_count = confusion.sum(0)
-    tp = np.diag(confusion)
-    present = support > 0
-    recall = np.divide(tp, support, out=np.zeros(len(labels)), where=present)
-    precision = np.divide(tp, predicted_count, out=np.zeros(len(labels)), where=predicted_count > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(labels)),
-                   where=(precision + recall) > 0)
-    considered = present | (predicted_count > 0)
-    return {"ua": float(recall[present].mean()) if present.any() else None,
-            "wa": float(tp.sum() / len(truth)) if truth else None,
-            "macro_f1": float(f1[considered].mean()) if considered.any() else None,
-            "per_class_recall": {label: float(recall[i]) for i, label in enumerate(labels) if present[i]},
-            "confusion": {"labels": labels, "matrix": confusion.tolist()}}
+    labels += sorted({p for p in predicted if p not in labels})  # an out-of-set prediction still counts
+    present = [label for label in labels if label in set(truth)]
+    recalls = recall_score(truth, predicted, labels=present, average=None, zero_division=0)
+    return {"ua": float(balanced_accuracy_score(truth, predicted)),
+            "wa": float(accuracy_score(truth, predicted)),
+            "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+            "per_class_recall": {label: float(r) for label, r in zip(present, recalls)},
+            "confusion": {"labels": labels, "matrix": confusion_matrix(truth, predicted, labels=labels).tolist()}}
 
 
 def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
