@@ -23,7 +23,7 @@ test: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: venv
-	$(BIN)/sed-ray demo $(DEMO_ARGS)
+	HF_HUB_OFFLINE=1 DS_ACCELERATOR=cpu $(BIN)/sed-ray demo $(DEMO_ARGS)
 
 bench: venv
 	$(BIN)/sed-ray bench $(BENCH_ARGS)

@@ -34,6 +34,8 @@ class DataSection:
 class ModelSection(ModelConfig):
     preset: str | None = None  # "tiny": build the tiny base under <storage>/<name>-base; None: use encoder/llm
     tiny_vocab_size: int = 2000  # tiny preset: BPE vocabulary size
+    tiny_encoder_steps: int = 0  # tiny preset: label-free masked-unit pretraining steps of the encoder
+    tiny_lm_steps: int = 0  # tiny preset: plain text-LM pretraining steps of the LLM
 
     def model_config(self) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -11,6 +11,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     Under `ray job submit` (RAY_ADDRESS set by Ray) or with RAY_ADDRESS exported, connect to it;
     otherwise start a private local instance. An already-initialised Ray (tests, notebooks) is kept.
     The dashboard is not started for local instances: nothing listens on a public port.
+
+    A local instance advertises at least 4 logical CPUs whatever the core count: a 2-worker training
+    run reserves 2 and Ray Data's read and bucketing tasks need some beside them, or ingest starves.
     """
     import ray
 
@@ -19,4 +22,4 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=False, log_to_driver=True)

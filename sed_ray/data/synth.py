@@ -63,11 +63,14 @@ class EmotionProfile:
     word_gap: tuple[float, float]  # (mean, sd) extra pause between words, units of 10 ms
 
 
+# Each cue's spread overlaps its neighbours' (no single cue separates two emotions perfectly); the
+# emotions differ in the combination. Shifts are large next to the spread of speaker baselines below,
+# so held-out voices remain recognisable by how far they move from their own baseline.
 EMOTION_PROFILES = {
-    "neutral": EmotionProfile((1.00, 0.07), (0.0, 4.0), (1.00, 0.12), (0.0, 0.25), (0.5, 0.8)),
-    "happy": EmotionProfile((1.10, 0.07), (11.0, 4.5), (1.45, 0.18), (0.30, 0.25), (0.3, 0.6)),
-    "angry": EmotionProfile((1.14, 0.08), (5.0, 4.5), (1.10, 0.18), (0.75, 0.25), (0.3, 0.6)),
-    "sad": EmotionProfile((0.82, 0.07), (-8.0, 4.0), (0.60, 0.12), (-0.55, 0.25), (3.5, 1.5)),
+    "neutral": EmotionProfile((1.00, 0.06), (0.0, 3.5), (1.00, 0.12), (0.0, 0.22), (0.5, 0.8)),
+    "happy": EmotionProfile((1.12, 0.07), (13.0, 4.0), (1.60, 0.20), (0.35, 0.22), (0.3, 0.6)),
+    "angry": EmotionProfile((1.16, 0.07), (5.0, 4.0), (1.10, 0.16), (0.95, 0.22), (0.3, 0.6)),
+    "sad": EmotionProfile((0.78, 0.06), (-10.0, 3.5), (0.50, 0.10), (-0.70, 0.22), (4.0, 1.5)),
 }
 assert tuple(EMOTION_PROFILES) == FOUR_CLASS
 
@@ -144,8 +147,8 @@ def _speakers(variants: list[str], count: int, rng: np.random.Generator) -> list
     if count > len(names):
         raise ValueError(f"at most {len(names)} speakers are available, asked for {count}")
     chosen = [names[i] for i in rng.choice(len(names), size=count, replace=False)]
-    return [Speaker(name=n, rate=float(rng.uniform(150, 190)), pitch=float(rng.uniform(38, 62)),
-                    pitch_range=float(rng.uniform(40, 60)), effort=float(rng.uniform(-0.15, 0.15)))
+    return [Speaker(name=n, rate=float(rng.uniform(160, 182)), pitch=float(rng.uniform(43, 57)),
+                    pitch_range=float(rng.uniform(44, 56)), effort=float(rng.uniform(-0.1, 0.1)))
             for n in chosen]
 
 

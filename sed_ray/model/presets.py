@@ -59,9 +59,11 @@ def prompt_texts(config: ModelConfig) -> list[str]:
 
 
 def build_tiny(out: str | Path, corpus_texts: Iterable[str], *, seed: int = 0, encoder_layers: int = 4,
-               encoder_width: int = 64, llm_layers: int = 2, llm_width: int = 128, vocab_size: int = 2000) -> ModelConfig:
+               encoder_width: int = 64, llm_layers: int = 2, llm_width: int = 128, vocab_size: int = 2000,
+               audio: list | None = None, encoder_steps: int = 0, lm_steps: int = 0, log=None) -> ModelConfig:
     """Write OUT/encoder and OUT/llm (weights + configs + tokenizer) and return the ModelConfig
-    that loads them."""
+    that loads them. With `audio` (16 kHz float arrays) and `encoder_steps`, the encoder gets the
+    label-free stand-in pretraining of model/pretrain.py; with `lm_steps`, the LLM too, on the texts."""
     from transformers import HubertConfig, HubertModel, LlamaConfig, LlamaForCausalLM, Wav2Vec2FeatureExtractor
 
     out = Path(out)
@@ -73,7 +75,11 @@ def build_tiny(out: str | Path, corpus_texts: Iterable[str], *, seed: int = 0, e
         hidden_size=encoder_width, num_hidden_layers=encoder_layers, num_attention_heads=4,
         intermediate_size=2 * encoder_width, conv_dim=(32,) * 7, feat_extract_norm="layer",
         do_stable_layer_norm=True, conv_bias=True, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-        mask_time_prob=0.0))
+        mask_time_prob=0.05))  # > 0 so HuBERT has its mask embedding; the frozen encoder runs in eval mode
+    if audio and encoder_steps:
+        from sed_ray.model.pretrain import pretrain_encoder
+
+        pretrain_encoder(encoder, audio, steps=encoder_steps, seed=seed, log=log)
     encoder.save_pretrained(out / "encoder")
     Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000, return_attention_mask=True).save_pretrained(out / "encoder")
 
@@ -88,6 +94,10 @@ def build_tiny(out: str | Path, corpus_texts: Iterable[str], *, seed: int = 0, e
         # 128-wide model cannot put more than ~e^2.5 odds on any token, so LoRA could never fit a
         # target. 0.1 gives the frozen base the dynamic range a pretrained LLM has.
         initializer_range=0.1))
+    if lm_steps:
+        from sed_ray.model.pretrain import pretrain_lm
+
+        pretrain_lm(llm, tokenizer, texts, steps=lm_steps, seed=seed, log=log)
     llm.save_pretrained(out / "llm")
     tokenizer.save_pretrained(out / "llm")
     (out / "model_config.json").write_text(json.dumps(config.to_dict(), indent=2))

@@ -27,9 +27,9 @@ def check_resources(config: TrainConfig, cluster: dict[str, float]) -> None:
     need_cpu = scaling.num_workers * scaling.cpus_per_worker
     need_gpu = scaling.num_workers * scaling.gpus_per_worker if scaling.use_gpu else 0
     problems = []
-    if need_cpu > cluster.get("CPU", 0):
+    if need_cpu + 1 > cluster.get("CPU", 0):  # + 1: Ray Data's ingest tasks need a CPU beside the workers
         problems.append(f"scaling.num_workers={scaling.num_workers} x scaling.cpus_per_worker={scaling.cpus_per_worker} "
-                        f"needs {need_cpu:g} CPUs; the cluster has {cluster.get('CPU', 0):g}")
+                        f"needs {need_cpu:g} CPUs plus 1 for data ingest; the cluster has {cluster.get('CPU', 0):g}")
     if need_gpu > cluster.get("GPU", 0):
         problems.append(f"scaling.num_workers={scaling.num_workers} x scaling.gpus_per_worker={scaling.gpus_per_worker} "
                         f"needs {need_gpu:g} GPUs; the cluster has {cluster.get('GPU', 0):g}")
@@ -48,7 +48,20 @@ def corpus_texts(shards: str | Path, split: str) -> list[str]:
     return [t for column in table.columns for t in column.to_pylist() if t]
 
 
-def prepare_model(config: TrainConfig) -> TrainConfig:
+def corpus_audio(shards: str | Path, split: str, limit: int = 2000) -> list:
+    """Up to `limit` utterances of a split as float arrays (for the tiny encoder's pretraining)."""
+    import numpy as np
+    import pyarrow.dataset as pads
+
+    from sed_ray.data.schema import pcm_from_bytes
+    from sed_ray.data.stream import shard_files
+
+    table = pads.dataset(shard_files(shards), format="parquet").to_table(
+        columns=["pcm"], filter=pads.field("split") == split)
+    return [pcm_from_bytes(v).astype(np.float32) / 32768.0 for v in table.column("pcm").to_pylist()[:limit]]
+
+
+def prepare_model(config: TrainConfig, log=print) -> TrainConfig:
     """For the tiny preset, build its base (encoder, LLM, tokenizer) once under the run folder from the
     training texts; the returned config points model.encoder/llm at it."""
     if config.model.preset != "tiny":
@@ -59,8 +72,10 @@ def prepare_model(config: TrainConfig) -> TrainConfig:
     if not (base / "model_config.json").exists():
         staging = config.run_dir / "base.partial"
         shutil.rmtree(staging, ignore_errors=True)
+        audio = corpus_audio(config.data.shards, config.data.train_split) if config.model.tiny_encoder_steps else None
         build_tiny(staging, corpus_texts(config.data.shards, config.data.train_split), seed=config.seed,
-                   vocab_size=config.model.tiny_vocab_size)
+                   vocab_size=config.model.tiny_vocab_size, audio=audio, encoder_steps=config.model.tiny_encoder_steps,
+                   lm_steps=config.model.tiny_lm_steps, log=log)
         staging.rename(base)  # a base folder is complete or absent
     built = json.loads((base / "model_config.json").read_text())
     model = replace(config.model, encoder=str(base / "encoder"), llm=str(base / "llm"), latent_dim=built["latent_dim"],
