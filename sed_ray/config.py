@@ -36,6 +36,7 @@ class ModelSection(ModelConfig):
     tiny_vocab_size: int = 2000  # tiny preset: BPE vocabulary size
     tiny_encoder_steps: int = 0  # tiny preset: label-free masked-unit pretraining steps of the encoder
     tiny_lm_steps: int = 0  # tiny preset: plain text-LM pretraining steps of the LLM
+    tiny_base_dir: str | None = None  # tiny preset: where the base is built/reused; None = <storage>/<name>/base
 
     def model_config(self) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(ModelConfig)}

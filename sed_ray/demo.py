@@ -63,6 +63,7 @@ def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors:
 
     overrides = [f"data.shards={shards}", f"storage={runs}", f"name={name}", f"seed={seed}",
                  f"model.tiny_encoder_steps={size.encoder_steps}", f"model.tiny_lm_steps={size.lm_steps}",
+                 f"model.tiny_base_dir={out / 'base'}",  # shared: the ablation reuses the same frozen base
                  f"schedule.stages=[{{preset: stage1, steps: {size.stage1_steps}, lr: 0.003}}, "
                  f"{{preset: stage2, steps: {size.stage2_steps}, lr: 0.003, task: {task}}}]",
                  f"checkpoint.every_steps={size.stage1_steps + size.stage2_steps}", "logging.every_steps=10",

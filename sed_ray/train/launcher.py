@@ -68,14 +68,15 @@ def prepare_model(config: TrainConfig, log=print) -> TrainConfig:
         return config
     from sed_ray.model.presets import build_tiny
 
-    base = config.run_dir / "base"
+    base = Path(config.model.tiny_base_dir).expanduser().resolve() if config.model.tiny_base_dir else config.run_dir / "base"
     if not (base / "model_config.json").exists():
-        staging = config.run_dir / "base.partial"
+        staging = base.with_name(base.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         audio = corpus_audio(config.data.shards, config.data.train_split) if config.model.tiny_encoder_steps else None
         build_tiny(staging, corpus_texts(config.data.shards, config.data.train_split), seed=config.seed,
                    vocab_size=config.model.tiny_vocab_size, audio=audio, encoder_steps=config.model.tiny_encoder_steps,
                    lm_steps=config.model.tiny_lm_steps, log=log)
+        base.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(base)  # a base folder is complete or absent
     built = json.loads((base / "model_config.json").read_text())
     model = replace(config.model, encoder=str(base / "encoder"), llm=str(base / "llm"), latent_dim=built["latent_dim"],
