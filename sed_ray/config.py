@@ -229,8 +229,15 @@ def _coerce(value: Any, tp, key: str) -> Any:
         return tuple(items) if origin is tuple else items
     if tp is Any:
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{key}: expected float, got {value!r} ({type(value).__name__})")
     if tp is bool and not isinstance(value, bool):
         raise ValueError(f"{key}: expected true or false, got {value!r}")
     if tp in (int, str) and (not isinstance(value, tp) or isinstance(value, bool)):
