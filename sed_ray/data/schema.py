@@ -14,6 +14,7 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 SAMPLE_RATE = 16_000  # Hz; HuBERT's rate, and the only rate shards store
@@ -109,8 +110,6 @@ SHARD_SCHEMA = pa.schema([
 METADATA_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name != "pcm"]
 
 
-def pcm_from_bytes(data: bytes) -> "np.ndarray":
+def pcm_from_bytes(data: bytes) -> np.ndarray:
     """A shard's `pcm` value -> int16 samples (a view, no copy)."""
-    import numpy as np
-
     return np.frombuffer(data, dtype="<i2")

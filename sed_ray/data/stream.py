@@ -17,7 +17,6 @@ Shape legend: B batch size, T samples (16 kHz).
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,7 +281,3 @@ def padding_fraction(batches: Iterable[AudioBatch]) -> float:
         real += int(batch.lengths_B.sum())
         padded += int(batch.pcm_BT.numel())
     return 1.0 - real / padded if padded else 0.0
-
-
-def stream_summary(shard_dir: str | Path) -> dict:
-    return json.loads((Path(shard_dir) / "summary.json").read_text())

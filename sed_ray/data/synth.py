@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,8 +285,3 @@ def synthesize_corpus(out: str | os.PathLike, utterances: int = 1200, seed: int 
             f.write(json.dumps(row) + "\n")
     os.replace(tmp, manifest)
     return manifest
-
-
-def corpus_fingerprint(manifest: str | os.PathLike) -> int:
-    """CRC32 of the manifest text: a cheap check that two runs made the same corpus."""
-    return zlib.crc32(Path(manifest).read_bytes())

@@ -95,7 +95,10 @@ class SpeechEmotionLLM(nn.Module):
     # --- encoding -----------------------------------------------------------------------------------
     def encode(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, branches: Iterable[str]):
         """-> ({branch: (pseudo-tokens B x N x H, mask B x N)}, {branch: KL})."""
-        hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)
+        return self.encode_hidden(*self.encoder(pcm_BT, lengths_B), branches)
+
+    def encode_hidden(self, hidden_LBFD: torch.Tensor, mask_BF: torch.Tensor, branches: Iterable[str]):
+        """`encode` from encoder outputs already computed."""
         streams, kls = {}, {}
         embed_dtype = self.llm.get_input_embeddings().weight.dtype
         for branch in branches:
@@ -206,7 +209,8 @@ class SpeechEmotionLLM(nn.Module):
         spec = get_task(task)
         was_training = self.training
         self.eval()
-        streams, _ = self.encode(pcm_BT, lengths_B, spec.inputs)
+        hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)  # once, for the streams and the latents
+        streams, _ = self.encode_hidden(hidden_LBFD, mask_BF, spec.inputs)
         texts = self.generate_text(streams, task, pcm_BT.shape[0], max_new_tokens, num_beams)
         results = []
         for i, text in enumerate(texts):
@@ -220,11 +224,10 @@ class SpeechEmotionLLM(nn.Module):
             for row, probs in zip(results, posterior.tolist()):
                 row["posterior"] = dict(zip(self.config.labels, probs))
                 row["emotion"] = max(row["posterior"], key=row["posterior"].get)
-        if return_latents:
-            hidden, mask = self.encoder(pcm_BT, lengths_B)
+        if return_latents:  # Z pooled over valid frames, for the report's projections
             for branch in BRANCHES:
-                z, _ = self.blocks[branch](hidden, mask)
-                pooled = (z * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+                z, _ = self.blocks[branch](hidden_LBFD, mask_BF)
+                pooled = (z * mask_BF[..., None]).sum(1) / mask_BF.sum(1, keepdim=True).clamp(min=1)
                 for row, vec in zip(results, pooled.tolist()):
                     row[f"z_{branch}"] = vec
         self.train(was_training)
