@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from sed_ray.demo import run_demo
 
 
-@pytest.mark.demo
 def test_quick_demo_runs_end_to_end(tmp_path, ray_cluster):
     lines: list[str] = []
     summary = run_demo(tmp_path / "demo", quick=True, log=lines.append)
