@@ -28,7 +28,7 @@ class DemoSize:
 
 FULL = DemoSize(utterances=1200, encoder_steps=300, lm_steps=200, stage1_steps=80, stage2_steps=200,
                 max_new_tokens=64)
-QUICK = DemoSize(utterances=240, encoder_steps=30, lm_steps=40, stage1_steps=10, stage2_steps=40, max_new_tokens=40)
+QUICK = DemoSize(utterances=320, encoder_steps=40, lm_steps=60, stage1_steps=20, stage2_steps=120, max_new_tokens=48)
 
 
 def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors: bool = True, seed: int = 0,

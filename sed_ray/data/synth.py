@@ -67,9 +67,9 @@ class EmotionProfile:
 # so held-out voices remain recognisable by how far they move from their own baseline.
 EMOTION_PROFILES = {
     "neutral": EmotionProfile((1.00, 0.06), (0.0, 3.5), (1.00, 0.12), (0.0, 0.22), (0.5, 0.8)),
-    "happy": EmotionProfile((1.12, 0.07), (13.0, 4.0), (1.60, 0.20), (0.35, 0.22), (0.3, 0.6)),
-    "angry": EmotionProfile((1.16, 0.07), (5.0, 4.0), (1.10, 0.16), (0.95, 0.22), (0.3, 0.6)),
-    "sad": EmotionProfile((0.78, 0.06), (-10.0, 3.5), (0.50, 0.10), (-0.70, 0.22), (4.0, 1.5)),
+    "happy": EmotionProfile((1.12, 0.07), (16.0, 4.0), (1.80, 0.20), (0.35, 0.22), (0.3, 0.6)),
+    "angry": EmotionProfile((1.22, 0.07), (4.0, 4.0), (0.95, 0.14), (1.20, 0.22), (0.2, 0.5)),
+    "sad": EmotionProfile((0.74, 0.06), (-12.0, 3.5), (0.50, 0.10), (-0.90, 0.22), (5.0, 1.5)),
 }
 assert tuple(EMOTION_PROFILES) == FOUR_CLASS
 
@@ -99,21 +99,21 @@ class Utterance:
 
 
 # --- descriptor sentences ---------------------------------------------------------------------------
+# Every level of a cue has the same number of wordings, in the same sentence frame, so the most likely
+# sentence a model can generate is not biased toward a level that has fewer synonyms.
 _WORDING = {
-    ("speed", "fast"): ["speaks fast", "talks quickly", "speaks at a brisk pace", "rushes through the words"],
-    ("speed", "slow"): ["speaks slowly", "talks at a slow, unhurried pace", "drags the words out"],
-    ("speed", "normal"): ["speaks at a normal pace", "talks at an even speed", "keeps a steady pace"],
-    ("pitch", "high"): ["with a high pitch", "with a raised pitch", "with a high-pitched voice"],
-    ("pitch", "low"): ["with a low pitch", "with a deep, lowered pitch", "with a low-pitched voice"],
-    ("pitch", "normal"): ["with a normal pitch", "with a moderate pitch", "with an ordinary pitch"],
-    ("tone", "lively"): ["and a lively, varied intonation", "and a very expressive melody",
-                         "and a bright, bouncing intonation"],
-    ("tone", "flat"): ["and a flat, monotone intonation", "and little melody in the voice",
-                       "and a dull, level intonation"],
-    ("tone", "normal"): ["and a natural intonation", "and ordinary intonation"],
-    ("energy", "loud"): ["loudly and forcefully", "loudly, with tension", "with strong energy"],
-    ("energy", "soft"): ["softly", "with a quiet, weak voice", "with little energy"],
-    ("energy", "normal"): ["at a normal volume", "with moderate energy"],
+    ("speed", "fast"): ["speaks fast", "talks quickly"],
+    ("speed", "slow"): ["speaks slowly", "talks slowly, at an unhurried pace"],
+    ("speed", "normal"): ["speaks at a normal pace", "talks at an even speed"],
+    ("pitch", "high"): ["with a high pitch", "with a raised pitch"],
+    ("pitch", "low"): ["with a low pitch", "with a deep, lowered pitch"],
+    ("pitch", "normal"): ["with a normal pitch", "with a moderate pitch"],
+    ("tone", "lively"): ["and a lively, varied intonation", "and a bright, bouncing melody"],
+    ("tone", "flat"): ["and a flat, monotone intonation", "and a dull, level melody"],
+    ("tone", "normal"): ["and a natural intonation", "and a plain, ordinary melody"],
+    ("energy", "loud"): ["loudly and forcefully", "loudly, with tension"],
+    ("energy", "soft"): ["softly and weakly", "softly, with little energy"],
+    ("energy", "normal"): ["at a normal volume", "at a moderate volume"],
     ("pauses", "long"): ["pausing between words", "leaving long gaps between words"],
 }
 

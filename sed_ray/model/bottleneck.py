@@ -38,9 +38,11 @@ def masked_kl(mu_BFZ: torch.Tensor, logvar_BFZ: torch.Tensor, mask_BF: torch.Ten
 class VariationalBottleneck(nn.Module):
     """Two-layer perceptron giving mu and log-variance; reparameterised sample while training, mu otherwise."""
 
-    def __init__(self, in_dim: int, hidden: int, latent: int) -> None:
+    def __init__(self, in_dim: int, hidden: int, latent: int, init_logvar: float = 0.0) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, 2 * latent))
+        with torch.no_grad():  # the starting posterior variance: see ModelConfig.bottleneck_init_logvar
+            self.net[-1].bias[latent:].fill_(init_logvar)
 
     def forward(self, x_BFD: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu_BFZ, logvar_BFZ = self.net(x_BFD).chunk(2, dim=-1)
@@ -55,10 +57,10 @@ class VariationalBottleneck(nn.Module):
 class DisentanglementBlock(nn.Module):
     """Its own layer weighting + its own bottleneck: one per branch (content, descriptor)."""
 
-    def __init__(self, num_layers: int, in_dim: int, hidden: int, latent: int) -> None:
+    def __init__(self, num_layers: int, in_dim: int, hidden: int, latent: int, init_logvar: float = 0.0) -> None:
         super().__init__()
         self.layer_sum = LayerWeightedSum(num_layers)
-        self.bottleneck = VariationalBottleneck(in_dim, hidden, latent)
+        self.bottleneck = VariationalBottleneck(in_dim, hidden, latent, init_logvar)
 
     @property
     def trainable(self) -> bool:

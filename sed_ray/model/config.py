@@ -27,6 +27,10 @@ class ModelConfig:
     encoder_normalize: bool | None = None  # per-utterance zero-mean/unit-variance; None = from the checkpoint
     latent_dim: int = 256  # Z_con / Z_des width
     bottleneck_hidden: int = 1024  # hidden width of the mu/logvar perceptron
+    # Starting log-variance of q(z|x). At 0 (variance 1) the sampled z is mostly noise, and with Adam's
+    # small steps a short run never lowers it: both branches stay collapsed (KL ~0.003 nats per frame
+    # in the demo). Starting informative (variance 0.01) lets beta's annealing decide what to drop.
+    bottleneck_init_logvar: float = -4.6
     stack_frames: int = 5  # k: frames stacked per LLM pseudo-token (50 Hz -> 10 Hz)
     adapter_hidden: int = 2048  # hidden width of the ReLU adapter
     lora: LoraSettings = field(default_factory=LoraSettings)

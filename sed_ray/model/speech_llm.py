@@ -52,8 +52,8 @@ class SpeechEmotionLLM(nn.Module):
         self.prompts = PromptBuilder(tokenizer, config.system_prompt)
         width = llm.get_input_embeddings().weight.shape[1]
         layers, dim = encoder.num_hidden_states, encoder.hidden_size
-        self.blocks = nn.ModuleDict({b: DisentanglementBlock(layers, dim, config.bottleneck_hidden, config.latent_dim)
-                                     for b in BRANCHES})
+        self.blocks = nn.ModuleDict({b: DisentanglementBlock(layers, dim, config.bottleneck_hidden, config.latent_dim,
+                                                             config.bottleneck_init_logvar) for b in BRANCHES})
         self.adapters = nn.ModuleDict({b: Adapter(config.latent_dim, config.stack_frames, config.adapter_hidden, width)
                                        for b in BRANCHES})
 

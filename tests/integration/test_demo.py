@@ -15,6 +15,9 @@ def test_quick_demo_runs_end_to_end(tmp_path, ray_cluster):
     assert (out / "eval-demo" / "report.html").exists() and (out / "eval-demo" / "metrics.json").exists()
     assert json.loads((out / "summary-demo.json").read_text())["ua"] == summary["ua"]
     assert summary["chance"] == 0.25
+    # it learns: emotion recall averaged over classes on held-out voices and sentences, clearly above
+    # chance (0.25; about 0.48 measured, see docs/benchmarks.md)
+    assert summary["ua"] >= 0.40, summary
     assert summary["wer"] is not None and summary["bleu4"] is not None
     # every step prints the command that reruns it alone, and the results table ends the run
     assert sum("rerun alone: sed-ray" in line for line in lines) == 4

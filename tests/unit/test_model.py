@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sed_ray.model.adapter import stack_frames
-from sed_ray.model.bottleneck import DisentanglementBlock, LayerWeightedSum, masked_kl
+from sed_ray.model.bottleneck import DisentanglementBlock, LayerWeightedSum, VariationalBottleneck, masked_kl
 from sed_ray.model.prompt import get_task, parse_output, target_text
 from sed_ray.model.speech_llm import SpeechEmotionLLM
 from sed_ray.model.weights import load_model, save_trainable
@@ -54,6 +54,15 @@ def test_downsampling_handles_any_length(frames, k, tokens):
     valid = frames // 2 + 1
     assert token_mask[1].sum().item() == math.ceil(valid / k)
     assert not stacked[1].reshape(-1, 3)[valid:].any()  # padded frames contribute zeros
+
+
+@pytest.mark.parametrize("init_logvar", [0.0, -4.6])
+def test_bottleneck_starts_at_the_configured_posterior_variance(init_logvar):
+    torch.manual_seed(0)
+    bottleneck = VariationalBottleneck(in_dim=16, hidden=32, latent=8, init_logvar=init_logvar)
+    _, mu, logvar = bottleneck(torch.randn(4, 50, 16), sample=False)
+    assert logvar.mean().item() == pytest.approx(init_logvar, abs=0.3)
+    assert mu.abs().mean().item() > 0.01  # only the variance starts fixed: mu still depends on x
 
 
 def test_block_samples_only_while_training_and_trainable():

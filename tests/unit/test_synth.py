@@ -79,3 +79,13 @@ def test_same_seed_same_corpus(tmp_path):
     assert (tmp_path / "a" / first).read_bytes() == (tmp_path / "b" / first).read_bytes()
     c = synthesize_corpus(tmp_path / "c", utterances=24, seed=6, workers=2, speakers=8)
     assert c.read_text() != a.read_text()
+
+
+def test_every_level_of_a_cue_has_as_many_wordings():
+    # otherwise the most likely generated sentence favours the level with fewer synonyms
+    from sed_ray.data.synth import _WORDING
+
+    per_cue: dict[str, set[int]] = {}
+    for (cue, _level), options in _WORDING.items():
+        per_cue.setdefault(cue, set()).add(len(options))
+    assert all(len(counts) == 1 for counts in per_cue.values()), per_cue
