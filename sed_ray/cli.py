@@ -90,7 +90,8 @@ def _infer(args: argparse.Namespace) -> int:
     from sed_ray.eval.infer import failed, run_inference, write_predictions
 
     records = run_inference(str(model_folder(args.checkpoint)), args.input, task=args.task,
-                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                            num_beams=args.num_beams)
     predictions, errors = write_predictions(records, args.out)
     broken = [r for r in records if failed(r)]
     for record in broken:
@@ -115,7 +116,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError("--protocol split takes exactly one --checkpoint")
     metrics = evaluate(checkpoints, args.data, args.out, split=args.split, protocol=args.protocol,
                        descriptors=args.descriptors, task=args.task, run_dir=args.run_dir,
-                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
     summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("ua", "wa", "wer", "bleu4", "cider") if metrics.get(k) is not None)
     print(f"evaluate: {summary}\n  report: {args.out}/report.html")
     return 0
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--task", default="joint")
     infer.add_argument("--batch-size", type=int, default=8)
     infer.add_argument("--max-new-tokens", type=int, default=96)
+    infer.add_argument("--num-beams", type=int, default=1, help="beam search width for the generated text (default 1: greedy)")
     infer.set_defaults(handler=_infer)
 
     ev = commands.add_parser("evaluate", help="inference + scoring + the HTML report",
@@ -243,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run-dir", default=None, help="training run folder for the curves (default: found from the checkpoint)")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-new-tokens", type=int, default=96)
+    ev.add_argument("--num-beams", type=int, default=1, help="beam search width for the generated text (default 1: greedy)")
     ev.set_defaults(handler=_evaluate)
 
     demo = commands.add_parser("demo", help="the whole pipeline on the synthetic corpus (tiny models, CPU)",

@@ -77,7 +77,8 @@ def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors:
 
     evaluation = out / f"eval-{name}"
     t = step("4/4 evaluate on the held-out voices and sentences",
-             f"sed-ray evaluate --checkpoint {checkpoint} --data {shards} --split test --out {evaluation} --task {task}")
+             f"sed-ray evaluate --checkpoint {checkpoint} --data {shards} --split test --out {evaluation} --task {task} "
+             f"--max-new-tokens {size.max_new_tokens}")
     metrics = evaluate({"": str(checkpoint)}, str(shards), evaluation, split="test", task=task,
                        max_new_tokens=size.max_new_tokens)
     timings["evaluate"] = time.time() - t

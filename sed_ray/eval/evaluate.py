@@ -47,7 +47,7 @@ def as_prediction(record: dict) -> dict:
 
 def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, split: str = "test",
              protocol: str = "split", descriptors: str = "predicted", task: str = "joint",
-             run_dir: str | None = None, batch_size: int = 8, max_new_tokens: int = 96) -> dict:
+             run_dir: str | None = None, batch_size: int = 8, max_new_tokens: int = 96, num_beams: int = 1) -> dict:
     """`checkpoints`: {"": path} for one model, or {session: path} for leave-one-session-out."""
     from sed_ray.model.weights import read_config
 
@@ -59,7 +59,8 @@ def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, 
     for fold, folder in folders.items():
         where = {"session": fold} if protocol == "loso" else {"split": split}
         records = run_inference(str(folder), data, where=where, task=task, descriptors=descriptors,
-                                batch_size=batch_size, latents=True, max_new_tokens=max_new_tokens)
+                                batch_size=batch_size, latents=True, max_new_tokens=max_new_tokens,
+                                num_beams=num_beams)
         fold_predictions = [as_prediction(r) for r in records if not failed(r)]
         if not fold_predictions:
             raise ValueError(f"no utterance of {data} matches {where}: check --split / the fold's session name")

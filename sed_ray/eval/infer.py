@@ -106,15 +106,17 @@ class Predictor:
 
 def run_inference(checkpoint: str, inputs: str | os.PathLike, *, where: dict | None = None, task: str = "joint",
                   descriptors: str = "predicted", batch_size: int = 8, actors: int | None = None,
-                  latents: bool = False, max_new_tokens: int = 96) -> list[dict]:
-    """`where` keeps only rows whose metadata equal its values, e.g. {"split": "test"} or
-    {"session": "Session3"}."""
-    """Predictions for every input (error records included), in input order."""
+                  latents: bool = False, max_new_tokens: int = 96, num_beams: int = 1) -> list[dict]:
+    """Predictions for every input (error records included), in input order. `where` keeps only rows
+    whose metadata equal its values, e.g. {"split": "test"} or {"session": "Session3"}. `num_beams` > 1
+    decodes the transcript and descriptor with beam search; the emotion is scored after the best beam."""
     import ray
     import ray.data
 
     from sed_ray.ray_env import ensure_ray
 
+    if num_beams < 1 or max_new_tokens < 1:
+        raise ValueError(f"num_beams ({num_beams}) and max_new_tokens ({max_new_tokens}) must be at least 1")
     ensure_ray()
     kind, rows = list_inputs(inputs)
     if kind == "shards":
@@ -135,7 +137,8 @@ def run_inference(checkpoint: str, inputs: str | os.PathLike, *, where: dict | N
     pool = actors or max(1, int(gpus) if gpus else min(2, int(ray.cluster_resources().get("CPU", 1)) // 2 or 1))
     predictions = dataset.map_batches(
         Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "task": task, "descriptors": descriptors,
-                                          "latents": latents, "max_new_tokens": max_new_tokens},
+                                          "latents": latents, "max_new_tokens": max_new_tokens,
+                                          "num_beams": num_beams},
         batch_size=batch_size, concurrency=pool, num_gpus=1 if gpus else 0, num_cpus=1, batch_format="default")
     predictions.context.execution_options.preserve_order = True
     return [dict(r) for r in predictions.iter_rows()]

@@ -71,7 +71,7 @@ def test_infer_reports_broken_files_and_predicts_the_rest(tiny_checkpoint, tmp_p
     (folder / "cut.wav").write_bytes(full[: len(full) // 3])
     out = tmp_path / "out"
     assert main(["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(folder), "--out", str(out),
-                 "--max-new-tokens", "16"]) == 0
+                 "--max-new-tokens", "16", "--num-beams", "2"]) == 0
     predictions = pq.read_table(out / "predictions.parquet").to_pylist()
     assert sorted(p["id"] for p in predictions) == ["nested/two", "one", "three"]
     for p in predictions:
@@ -84,6 +84,14 @@ def test_infer_reports_broken_files_and_predicts_the_rest(tiny_checkpoint, tmp_p
     assert errors["broken"]["source"].endswith("broken.wav")
     err = capsys.readouterr().err
     assert "broken.wav: unreadable" in err
+
+
+def test_infer_refuses_a_beam_width_below_one(tiny_checkpoint, tmp_path, ray_cluster, capsys):
+    write_wav(tmp_path / "audio" / "one.wav", 1.0)
+    assert main(["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "audio"),
+                 "--out", str(tmp_path / "out"), "--num-beams", "0"]) == 2
+    assert "num_beams (0)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_leave_one_session_out_with_ground_truth_descriptors(tiny_checkpoint, tmp_path, ray_cluster):
