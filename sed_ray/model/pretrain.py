@@ -21,16 +21,22 @@ from torch import nn
 FRAME, HOP, SAMPLE_RATE = 400, 320, 16000
 
 
+# 19 log-spaced bands of a 512-point spectrum (2-256 bins, 62 Hz-8 kHz; duplicates at the low end removed)
+BAND_EDGES = np.unique(np.geomspace(2, 256, 21).astype(int))
+PITCH = len(BAND_EDGES) - 1  # column of the log pitch (0 when unvoiced)
+VOICING = PITCH + 1  # column of the voicing strength
+N_FEATURES = VOICING + 1
+
+
 def frame_features(pcm: np.ndarray) -> np.ndarray:
-    """float audio -> F x 22 features: 20 log band energies, log pitch, voicing strength."""
+    """float audio -> F x N_FEATURES: log band energies, log pitch (column PITCH), voicing strength."""
     audio = pcm.astype(np.float32)
     if len(audio) < FRAME:
-        return np.zeros((0, 22), dtype=np.float32)
+        return np.zeros((0, N_FEATURES), dtype=np.float32)
     audio = audio / (np.abs(audio).max() + 1e-8)
     frames = np.lib.stride_tricks.sliding_window_view(audio, FRAME)[::HOP]  # F x 400
     spectrum = np.abs(np.fft.rfft(frames * np.hanning(FRAME), n=512)) ** 2  # F x 257
-    edges = np.unique(np.geomspace(2, 256, 21).astype(int))
-    bands = np.stack([spectrum[:, a:b].sum(1) for a, b in zip(edges[:-1], edges[1:])], 1)
+    bands = np.stack([spectrum[:, a:b].sum(1) for a, b in zip(BAND_EDGES[:-1], BAND_EDGES[1:])], 1)
     bands = np.log(bands + 1e-6)
     centred = frames - frames.mean(1, keepdims=True)
     energy = (centred ** 2).sum(1) + 1e-8
@@ -39,9 +45,7 @@ def frame_features(pcm: np.ndarray) -> np.ndarray:
     best = correlation.argmax(1)
     voicing = correlation[np.arange(len(best)), best]
     log_pitch = np.log(SAMPLE_RATE / lags[best]) * (voicing > 0.3)
-    features = np.concatenate([bands, log_pitch[:, None], voicing[:, None]], 1).astype(np.float32)
-    pad = np.zeros((features.shape[0], max(0, 22 - features.shape[1])), dtype=np.float32)
-    return np.concatenate([features, pad], 1)[:, :22]
+    return np.concatenate([bands, log_pitch[:, None], voicing[:, None]], 1).astype(np.float32)
 
 
 def acoustic_units(utterances: list[np.ndarray], units: int = 64, seed: int = 0) -> list[np.ndarray]:
