@@ -73,6 +73,18 @@ def _span_mask(frames: torch.Tensor, max_frames: int, generator: torch.Generator
     return mask
 
 
+def _step(optimizer, model: nn.Module, loss: torch.Tensor, losses: list[float], log, label: str, step: int,
+          steps: int) -> None:
+    """One clipped optimiser step; records the loss and logs its recent mean five times per run."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    losses.append(loss.item())
+    if log and (step + 1) % max(1, steps // 5) == 0:
+        log(f"[pretrain] {label} loss {np.mean(losses[-20:]):.3f}")
+
+
 def pretrain_encoder(encoder: nn.Module, utterances: list[np.ndarray], *, steps: int = 300, batch_size: int = 16,
                      units: int = 64, lr: float = 5e-4, seed: int = 0, log=None) -> list[float]:
     """Masked prediction of acoustic units (HuBERT iteration 1) on a transformers HubertModel, in place.
@@ -104,13 +116,7 @@ def pretrain_encoder(encoder: nn.Module, utterances: list[np.ndarray], *, steps:
             labels[b, :n] = torch.from_numpy(targets[i][:n].astype(np.int64))
         labels[~mask] = -100
         loss = nn.functional.cross_entropy(logits.reshape(-1, units), labels.reshape(-1), ignore_index=-100)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss))
-        if log and (step + 1) % max(1, steps // 5) == 0:
-            log(f"[pretrain] encoder step {step + 1}/{steps}: masked-unit loss {np.mean(losses[-20:]):.3f}")
+        _step(optimizer, encoder, loss, losses, log, f"encoder step {step + 1}/{steps}: masked-unit", step, steps)
     encoder.eval()
     return losses
 
@@ -128,12 +134,6 @@ def pretrain_lm(llm: nn.Module, tokenizer, texts: list[str], *, steps: int = 200
         encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=128)
         labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
         loss = llm(**encoded, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss))
-        if log and (step + 1) % max(1, steps // 5) == 0:
-            log(f"[pretrain] LLM step {step + 1}/{steps}: text loss {np.mean(losses[-20:]):.3f}")
+        _step(optimizer, llm, loss, losses, log, f"LLM step {step + 1}/{steps}: text", step, steps)
     llm.eval()
     return losses
