@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class DemoSize:
     utterances: int
+    speakers: int
     encoder_steps: int
     lm_steps: int
     stage1_steps: int
@@ -26,9 +27,9 @@ class DemoSize:
     max_new_tokens: int
 
 
-FULL = DemoSize(utterances=1200, encoder_steps=300, lm_steps=200, stage1_steps=80, stage2_steps=200,
+FULL = DemoSize(utterances=1200, speakers=48, encoder_steps=300, lm_steps=200, stage1_steps=80, stage2_steps=200,
                 max_new_tokens=64)
-QUICK = DemoSize(utterances=320, encoder_steps=40, lm_steps=60, stage1_steps=20, stage2_steps=120, max_new_tokens=48)
+QUICK = DemoSize(utterances=320, speakers=48, encoder_steps=40, lm_steps=60, stage1_steps=20, stage2_steps=120, max_new_tokens=48)
 
 
 def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors: bool = True, seed: int = 0,
@@ -51,9 +52,9 @@ def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors:
         log(f"\n== {title}\n   (rerun alone: {command})")
         return time.time()
 
-    t = step("1/4 synthesise the corpus", f"sed-ray synth --out {corpus} --utterances {size.utterances} --seed {seed}")
+    t = step("1/4 synthesise the corpus", f"sed-ray synth --out {corpus} --utterances {size.utterances} --speakers {size.speakers} --seed {seed}")
     if not (corpus / "manifest.jsonl").exists():
-        synthesize_corpus(corpus, size.utterances, seed)
+        synthesize_corpus(corpus, size.utterances, seed, speakers=size.speakers)
     timings["synth"] = time.time() - t
 
     t = step("2/4 prepare 16 kHz shards", f"sed-ray prepare --corpus manifest --source {corpus / 'manifest.jsonl'} --out {shards}")
@@ -86,6 +87,7 @@ def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors:
     labels = metrics["confusion"]["labels"] if metrics.get("confusion") else []
     summary = {"ua": metrics.get("ua"), "wa": metrics.get("wa"), "wer": metrics.get("wer"),
                "bleu4": metrics.get("bleu4"), "cider": metrics.get("cider"),
+               "listening_gain": (metrics.get("listening") or {}).get("gain_over_silence"),
                "chance": 1 / len(labels) if labels else None, "report": str(evaluation / "report.html"),
                "descriptors": descriptors, "quick": quick, "seconds": timings}
     (out / f"summary-{name}.json").write_text(json.dumps(summary, indent=2))
@@ -100,6 +102,8 @@ def summary_table(summary: dict) -> str:
     rows = [("emotion UA (held-out voices)", fmt(summary["ua"])), ("emotion WA", fmt(summary["wa"])),
             ("chance (UA)", fmt(summary["chance"])), ("transcript WER", fmt(summary["wer"])),
             ("descriptor BLEU@4", fmt(summary["bleu4"])), ("descriptor CIDEr", fmt(summary["cider"])),
+            ("audio over same-length silence", "n/a" if summary.get("listening_gain") is None
+             else f"{summary['listening_gain']:+.3f} nats/token (listening check)"),
             ("total time", f"{summary['seconds']['total']:.0f} s")]
     width = max(len(r[0]) for r in rows)
     lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from sed_ray.eval.infer import failed, run_inference
-from sed_ray.eval.metrics import score_records
+from sed_ray.eval.metrics import listening_summary, score_records
 from sed_ray.eval.report import write_report
 
 
@@ -42,7 +42,8 @@ def as_prediction(record: dict) -> dict:
             "text_ref": record.get("text"), "text_hyp": record.get("transcript"),
             "descriptor_ref": record.get("descriptor"), "descriptor_hyp": record.get("descriptor_pred"),
             "posterior": record.get("posterior"), "z_content": record.get("z_content"),
-            "z_descriptor": record.get("z_descriptor")}
+            "z_descriptor": record.get("z_descriptor"),
+            **{key: record.get(key) for key in ("nll_own", "nll_silence", "nll_other", "target_tokens")}}
 
 
 def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, split: str = "test",
@@ -60,7 +61,7 @@ def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, 
         where = {"session": fold} if protocol == "loso" else {"split": split}
         records = run_inference(str(folder), data, where=where, task=task, descriptors=descriptors,
                                 batch_size=batch_size, latents=True, max_new_tokens=max_new_tokens,
-                                num_beams=num_beams)
+                                num_beams=num_beams, listening=True)
         fold_predictions = [as_prediction(r) for r in records if not failed(r)]
         if not fold_predictions:
             raise ValueError(f"no utterance of {data} matches {where}: check --split / the fold's session name")
@@ -69,6 +70,7 @@ def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, 
         predictions += fold_predictions
     metrics = score_records(predictions, labels)
     metrics["protocol"], metrics["descriptors"], metrics["task"] = protocol, descriptors, task
+    metrics["listening"] = listening_summary(predictions)
     metrics["checkpoints"] = {k: str(v) for k, v in folders.items()}
     if folds:
         metrics["folds"] = folds

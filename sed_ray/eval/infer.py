@@ -18,6 +18,7 @@ from sed_ray.data.audio import CONTAINER_SUFFIXES, AudioLimits, AudioRejected, l
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3"} | CONTAINER_SUFFIXES
 META = ("text", "emotion", "descriptor", "speaker", "session", "split")
+LISTENING = ("nll_own", "nll_silence", "nll_other", "target_tokens")  # see SpeechEmotionLLM.listening_check
 
 
 def list_inputs(path: str | os.PathLike) -> tuple[str, list[dict]]:
@@ -61,7 +62,7 @@ class Predictor:
     """One model per actor; each call predicts a batch of decoded rows."""
 
     def __init__(self, checkpoint: str, task: str = "joint", descriptors: str = "predicted", max_new_tokens: int = 96,
-                 num_beams: int = 1, latents: bool = False) -> None:
+                 num_beams: int = 1, latents: bool = False, listening: bool = False) -> None:
         import torch
 
         from sed_ray.model.weights import load_model
@@ -70,6 +71,7 @@ class Predictor:
         self.model = load_model(checkpoint).to(self.device).eval()
         self.task, self.descriptors = task, descriptors
         self.max_new_tokens, self.num_beams, self.latents = max_new_tokens, num_beams, latents
+        self.listening = listening
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -89,8 +91,11 @@ class Predictor:
                                              max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
                                              return_latents=self.latents)
             results = {r["id"]: p for r, p in zip(good, predictions)}
+            if self.listening:
+                self._listening_check(good, pcm_BT, torch.tensor(lengths, device=self.device), results)
         out: dict[str, list] = {k: [] for k in ("id", "source", *META, "error", "emotion_pred", "transcript",
-                                                "descriptor_pred", "posterior", "z_content", "z_descriptor")}
+                                                "descriptor_pred", "posterior", "z_content", "z_descriptor",
+                                                *LISTENING)}
         for r in rows:
             p = results.get(r["id"], {})
             for key in ("id", "source", *META, "error"):
@@ -101,15 +106,35 @@ class Predictor:
             out["posterior"].append(json.dumps(p["posterior"]) if "posterior" in p else None)
             out["z_content"].append(p.get("z_content"))
             out["z_descriptor"].append(p.get("z_descriptor"))
+            for key in LISTENING:  # NaN, not None: Ray's batches turn None into NaN anyway
+                out[key].append(float("nan") if p.get(key) is None else float(p[key]))
         return out
+
+    def _listening_check(self, rows: list[dict], pcm_BT, lengths_B, results: dict) -> None:
+        """The reference target's likelihood with the utterance's own audio, same-length silence and another
+        utterance's audio (model.listening_check), for the rows that have every reference field."""
+        from sed_ray.model.prompt import get_task
+
+        fields = {"transcript": "text", "descriptor": "descriptor", "emotion": "emotion"}
+        needed = [fields[f] for f in get_task(self.task).fields]
+        keep = [i for i, r in enumerate(rows) if all(isinstance(r.get(k), str) and r[k] for k in needed)]
+        if not keep:
+            return
+        targets = [{"transcript": rows[i].get("text"), "descriptor": rows[i].get("descriptor"),
+                    "emotion": rows[i].get("emotion")} for i in keep]
+        check = self.model.listening_check(pcm_BT[keep], lengths_B[keep], targets, self.task)
+        for j, i in enumerate(keep):
+            results[rows[i]["id"]].update({key: check[key][j] for key in LISTENING})
 
 
 def run_inference(checkpoint: str, inputs: str | os.PathLike, *, where: dict | None = None, task: str = "joint",
                   descriptors: str = "predicted", batch_size: int = 8, actors: int | None = None,
-                  latents: bool = False, max_new_tokens: int = 96, num_beams: int = 1) -> list[dict]:
+                  latents: bool = False, max_new_tokens: int = 96, num_beams: int = 1,
+                  listening: bool = False) -> list[dict]:
     """Predictions for every input (error records included), in input order. `where` keeps only rows
     whose metadata equal its values, e.g. {"split": "test"} or {"session": "Session3"}. `num_beams` > 1
-    decodes the transcript and descriptor with beam search; the emotion is scored after the best beam."""
+    decodes the transcript and descriptor with beam search; the emotion is scored after the best beam.
+    `listening` adds, for rows with reference fields, the listening check (SpeechEmotionLLM.listening_check)."""
     import ray
     import ray.data
 
@@ -138,7 +163,7 @@ def run_inference(checkpoint: str, inputs: str | os.PathLike, *, where: dict | N
     predictions = dataset.map_batches(
         Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "task": task, "descriptors": descriptors,
                                           "latents": latents, "max_new_tokens": max_new_tokens,
-                                          "num_beams": num_beams},
+                                          "num_beams": num_beams, "listening": listening},
         batch_size=batch_size, concurrency=pool, num_gpus=1 if gpus else 0, num_cpus=1, batch_format="default")
     predictions.context.execution_options.preserve_order = True
     return [dict(r) for r in predictions.iter_rows()]

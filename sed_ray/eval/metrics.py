@@ -12,6 +12,7 @@ inside words kept), whitespace collapsed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -113,6 +114,30 @@ def score_records(records: list[dict], labels: list[str] | None = None) -> dict:
         out |= captions
     for key in ("ua", "wa", "macro_f1", "confusion", "wer", "bleu4", "meteor", "rouge_l", "cider", "spice"):
         out.setdefault(key, None)
+    return out
+
+
+def listening_summary(records: list[dict]) -> dict | None:
+    """Nats per target token of the reference targets given each utterance's own audio, same-length
+    silence, and another utterance's audio (SpeechEmotionLLM.listening_check), and what the audio is
+    worth: `gain_over_silence` (what it says beyond its length) and `gain_over_other_audio`."""
+    def finite(value) -> bool:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+
+    rows = [r for r in records if finite(r.get("nll_own")) and finite(r.get("nll_silence"))
+            and finite(r.get("target_tokens")) and r["target_tokens"] > 0]
+    if not rows:
+        return None
+    tokens = sum(r["target_tokens"] for r in rows)
+    own = sum(r["nll_own"] for r in rows) / tokens
+    silence = sum(r["nll_silence"] for r in rows) / tokens
+    out = {"utterances": len(rows), "target_tokens": int(tokens), "own_audio": own, "silence": silence,
+           "gain_over_silence": silence - own, "other_audio": None, "gain_over_other_audio": None}
+    paired = [r for r in rows if finite(r.get("nll_other"))]
+    if paired:
+        paired_tokens = sum(r["target_tokens"] for r in paired)
+        out["other_audio"] = sum(r["nll_other"] for r in paired) / paired_tokens
+        out["gain_over_other_audio"] = out["other_audio"] - sum(r["nll_own"] for r in paired) / paired_tokens
     return out
 
 

@@ -133,6 +133,23 @@ def latent_figure(z: dict[str, np.ndarray], emotions: list[str], speakers: list[
     return _figure_png(fig), scores
 
 
+def _listening_html(listening: dict | None) -> str:
+    if not listening:
+        return ""
+
+    def cell(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    rows = [("own audio", listening["own_audio"]), ("silence of the same length", listening["silence"]),
+            ("another utterance's audio", listening["other_audio"]),
+            ("gain of own audio over silence", listening["gain_over_silence"]),
+            ("gain of own audio over another's", listening["gain_over_other_audio"])]
+    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{cell(v)}</td></tr>" for k, v in rows)
+    return (f"<h2>Listening check</h2><p>Reference targets' negative log-likelihood, nats per token (teacher-forced, "
+            f"{listening['utterances']} utterances), given different audio. Own audio no better than silence of the "
+            f"same length means the model hears only how long the utterance is.</p><table>{table}</table>")
+
+
 def write_report(out: str | Path, metrics: dict, predictions: list[dict], *, title: str,
                  training_metrics: list[dict] | None = None, sample_size: int = 24) -> Path:
     """Write OUT/report.html and OUT/figures/*.png; returns the HTML path."""
@@ -172,6 +189,7 @@ def write_report(out: str | Path, metrics: dict, predictions: list[dict], *, tit
     silhouettes = "".join(f"<tr><th>{esc(k)}</th><td>{'n/a' if v is None else f'{v:.3f}'}</td></tr>"
                           for k, v in (metrics.get("silhouette") or {}).items())
     notes = "".join(f"<li>{esc(n)}</li>" for n in metrics.get("notes", []))
+    listening = _listening_html(metrics.get("listening"))
     images = "".join(
         f"<figure><img class='figure' alt='{esc(caption)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
         f"<figcaption>{esc(caption)} (<a href='figures/{name}.png'>PNG</a>)</figcaption></figure>"
@@ -189,6 +207,7 @@ img.figure {{ max-width: 100%; border: 1px solid #ddd; }} figure {{ margin: 1.5r
 <p>{metrics.get('n', {}).get('records', len(predictions))} utterances. UA is the mean per-class recall; chance is
 {'n/a' if not metrics.get('per_class_recall') else f"{1 / len(metrics['per_class_recall']):.2f}"}.</p>
 <h2>Metrics</h2><table>{table}</table>
+{listening}
 {f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}
 {f'<h2>Disentanglement (silhouette of pooled latents)</h2><table>{silhouettes}</table>' if silhouettes else ''}
 <h2>Figures</h2>{images}

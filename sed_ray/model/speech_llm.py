@@ -160,6 +160,18 @@ class SpeechEmotionLLM(nn.Module):
                           target_tokens=int((labels != IGNORE).sum()), sequence_tokens=int(attention.sum()))
 
     # --- inference ----------------------------------------------------------------------------------
+    def _target_logp(self, spec: Task, streams, targets: list[list[int]], scored: list[list[bool]],
+                     repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: summed log-probability of its scored target tokens, and how many there are."""
+        inputs, attention, positions, label_ids = self._assemble(spec, streams, targets, scored, repeat=repeat)
+        logits = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions,
+                          use_cache=False).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        next_ids = label_ids[:, 1:]
+        mask = next_ids != IGNORE
+        token_logp = logp.gather(-1, next_ids.clamp(min=0)[..., None])[..., 0] * mask
+        return token_logp.sum(-1), mask.sum(-1)
+
     @torch.no_grad()
     def score_labels(self, streams, task: str, prefixes: list[dict]) -> torch.Tensor:
         """Posterior over config.labels (B x C): each label scored as the continuation after
@@ -172,15 +184,35 @@ class SpeechEmotionLLM(nn.Module):
             for cont in continuations:
                 targets.append(prefix + cont)
                 scored.append([False] * len(prefix) + [True] * len(cont))
-        inputs, attention, positions, label_ids = self._assemble(spec, streams, targets, scored, repeat=len(labels))
-        logits = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions,
-                          use_cache=False).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        next_ids = label_ids[:, 1:]
-        mask = next_ids != IGNORE
-        token_logp = logp.gather(-1, next_ids.clamp(min=0)[..., None])[..., 0] * mask
-        scores_BC = token_logp.sum(-1).view(len(prefixes), len(labels))
-        return torch.softmax(scores_BC, dim=-1)
+        scores, _ = self._target_logp(spec, streams, targets, scored, repeat=len(labels))
+        return torch.softmax(scores.view(len(prefixes), len(labels)), dim=-1)
+
+    @torch.no_grad()
+    def listening_check(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, targets: list[dict],
+                        task: str = "joint") -> dict[str, list[float]]:
+        """Does the model use what it hears? The reference target's negative log-likelihood (nats, summed
+        over its tokens; teacher-forced, z = mu) given the utterance's own audio, given silence of the same
+        length (only the duration is left), and given the next utterance's audio in the batch (None for a
+        batch of one). Same figures for all three: the model ignores the audio beyond its length."""
+        spec = get_task(task)
+        was_training = self.training
+        self.eval()
+        ids = [self.prompts.target_ids(spec, t) for t in targets]
+        scored = [[True] * len(x) for x in ids]
+
+        def nll(pcm, lengths):
+            streams, _ = self.encode(pcm, lengths, spec.inputs)
+            logp, count = self._target_logp(spec, streams, ids, scored)
+            return (-logp).tolist(), count.tolist()
+
+        own, tokens = nll(pcm_BT, lengths_B)
+        silence, _ = nll(torch.zeros_like(pcm_BT), lengths_B)
+        other = [None] * len(ids)
+        if len(ids) > 1:
+            shift = torch.roll(torch.arange(len(ids), device=pcm_BT.device), -1)
+            other, _ = nll(pcm_BT[shift], lengths_B[shift])
+        self.train(was_training)
+        return {"nll_own": own, "nll_silence": silence, "nll_other": other, "target_tokens": tokens}
 
     @torch.no_grad()
     def generate_text(self, streams, task: str, batch_size: int, max_new_tokens: int = 96,

@@ -19,6 +19,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, ray_cluster):
     # chance (0.25; about 0.48 measured, see docs/benchmarks.md)
     assert summary["ua"] >= 0.40, summary
     assert summary["wer"] is not None and summary["bleu4"] is not None
+    assert summary["listening_gain"] is not None
     # every step prints the command that reruns it alone, and the results table ends the run
     assert sum("rerun alone: sed-ray" in line for line in lines) == 4
     assert "emotion UA (held-out voices)" in lines[-1] and "report:" in lines[-1]

@@ -40,6 +40,13 @@ def test_evaluate_writes_metrics_predictions_and_report(evaluation, synth_shards
     figures = sorted(p.name for p in (evaluation / "figures").glob("*.png"))
     assert figures == ["confusion.png", "curves.png", "latents.png", "recall.png"]
     assert (evaluation / "report.html").stat().st_size > 10_000
+    listening = metrics["listening"]
+    assert listening["utterances"] == expected and listening["target_tokens"] > expected
+    for key in ("own_audio", "silence", "other_audio"):
+        assert 0 < listening[key] < 20, listening
+    assert listening["gain_over_silence"] == pytest.approx(listening["silence"] - listening["own_audio"])
+    assert all(p["nll_own"] > 0 and p["target_tokens"] > 0 for p in predictions)
+    assert "Listening check" in (evaluation / "report.html").read_text()
 
 
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium: install Debian's `chromium` package "

@@ -89,3 +89,18 @@ def test_score_cli_reads_jsonl_and_parquet_and_scores_what_is_present(tmp_path, 
     (tmp_path / "bad.jsonl").write_text('{"emotion_true": "sad"}\n{oops\n')
     assert main(["score", "--predictions", str(tmp_path / "bad.jsonl")]) == 2
     assert "line 2" in capsys.readouterr().err
+
+
+def test_listening_summary_weighs_by_target_tokens_and_skips_missing_rows():
+    from sed_ray.eval.metrics import listening_summary
+
+    rows = [{"nll_own": 2.0, "nll_silence": 6.0, "nll_other": 8.0, "target_tokens": 2},
+            {"nll_own": 6.0, "nll_silence": 6.0, "nll_other": float("nan"), "target_tokens": 6},
+            {"nll_own": float("nan"), "nll_silence": 1.0, "nll_other": 1.0, "target_tokens": 3},
+            {"emotion_true": "sad"}]
+    summary = listening_summary(rows)
+    assert summary["utterances"] == 2 and summary["target_tokens"] == 8
+    assert summary["own_audio"] == pytest.approx(1.0) and summary["silence"] == pytest.approx(1.5)
+    assert summary["gain_over_silence"] == pytest.approx(0.5)
+    assert summary["other_audio"] == pytest.approx(4.0) and summary["gain_over_other_audio"] == pytest.approx(3.0)
+    assert listening_summary([{"emotion_true": "sad"}]) is None

@@ -149,6 +149,24 @@ def test_save_load_round_trip_gives_identical_outputs(model, tiny_batch, tmp_pat
     assert [r["posterior"] for r in pa] == [r["posterior"] for r in pb]
 
 
+def test_listening_check_tells_audio_from_its_length(model, tiny_batch):
+    batch, targets = tiny_batch
+    check = model.listening_check(batch.pcm_BT, batch.lengths_B, targets, "joint")
+    assert set(check) == {"nll_own", "nll_silence", "nll_other", "target_tokens"}
+    assert all(len(v) == batch.size for v in check.values())
+    tokens = [len(model.prompts.target_ids(get_task("joint"), t)) for t in targets]
+    assert check["target_tokens"] == tokens
+    # a fresh model's pseudo-tokens follow its input, so other audio changes the likelihood
+    assert any(abs(a - b) > 1e-3 for a, b in zip(check["nll_own"], check["nll_silence"]))
+    with torch.no_grad():  # adapters that ignore their input: only the number of pseudo-tokens is left
+        for branch in ("content", "descriptor"):
+            model.adapters[branch].net[-1].weight.zero_()
+    deaf = model.listening_check(batch.pcm_BT, batch.lengths_B, targets, "joint")
+    assert deaf["nll_own"] == pytest.approx(deaf["nll_silence"], abs=1e-4)
+    single = model.listening_check(batch.pcm_BT[:1], batch.lengths_B[:1], targets[:1], "joint")
+    assert single["nll_other"] == [None]
+
+
 @pytest.mark.parametrize("stage", ["stage1", "stage2", "both"])
 def test_tiny_model_overfits_a_handful_of_utterances(model, tiny_batch, stage):
     batch, targets = tiny_batch
