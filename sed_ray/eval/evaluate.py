@@ -36,11 +36,17 @@ def _training_metrics(checkpoint: Path, run_dir: str | None) -> list[dict]:
     return []
 
 
-def as_prediction(record: dict) -> dict:
+def as_prediction(record: dict, fields: tuple[str, ...] = ("transcript", "descriptor", "emotion")) -> dict:
+    """One inference record as a prediction row. A field the task does not generate (the ablation's
+    descriptor) gets no hypothesis, so it is reported as not scored rather than scored 0."""
+    def generated(field: str, value):
+        return value if field in fields else None
+
     return {"id": record["id"], "speaker": record.get("speaker"), "session": record.get("session"),
-            "emotion_true": record.get("emotion"), "emotion_pred": record.get("emotion_pred"),
-            "text_ref": record.get("text"), "text_hyp": record.get("transcript"),
-            "descriptor_ref": record.get("descriptor"), "descriptor_hyp": record.get("descriptor_pred"),
+            "emotion_true": record.get("emotion"), "emotion_pred": generated("emotion", record.get("emotion_pred")),
+            "text_ref": record.get("text"), "text_hyp": generated("transcript", record.get("transcript")),
+            "descriptor_ref": record.get("descriptor"),
+            "descriptor_hyp": generated("descriptor", record.get("descriptor_pred")),
             "posterior": record.get("posterior"), "z_content": record.get("z_content"),
             "z_descriptor": record.get("z_descriptor"),
             **{key: record.get(key) for key in ("nll_own", "nll_silence", "nll_other", "target_tokens")}}
@@ -50,8 +56,10 @@ def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, 
              protocol: str = "split", descriptors: str = "predicted", task: str = "joint",
              run_dir: str | None = None, batch_size: int = 8, max_new_tokens: int = 96, num_beams: int = 1) -> dict:
     """`checkpoints`: {"": path} for one model, or {session: path} for leave-one-session-out."""
+    from sed_ray.model.prompt import get_task
     from sed_ray.model.weights import read_config
 
+    fields = get_task(task).fields
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folders = {k: model_folder(v) for k, v in checkpoints.items()}
@@ -62,7 +70,7 @@ def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, 
         records = run_inference(str(folder), data, where=where, task=task, descriptors=descriptors,
                                 batch_size=batch_size, latents=True, max_new_tokens=max_new_tokens,
                                 num_beams=num_beams, listening=True)
-        fold_predictions = [as_prediction(r) for r in records if not failed(r)]
+        fold_predictions = [as_prediction(r, fields) for r in records if not failed(r)]
         if not fold_predictions:
             raise ValueError(f"no utterance of {data} matches {where}: check --split / the fold's session name")
         if protocol == "loso":

@@ -104,3 +104,16 @@ def test_listening_summary_weighs_by_target_tokens_and_skips_missing_rows():
     assert summary["gain_over_silence"] == pytest.approx(0.5)
     assert summary["other_audio"] == pytest.approx(4.0) and summary["gain_over_other_audio"] == pytest.approx(3.0)
     assert listening_summary([{"emotion_true": "sad"}]) is None
+
+
+def test_a_field_the_task_does_not_generate_is_not_scored():
+    # the --no-descriptors ablation generates no descriptor: BLEU is "not scored", not 0
+    from sed_ray.eval.evaluate import as_prediction
+
+    record = {"id": "u1", "emotion": "sad", "emotion_pred": "sad", "text": "a cat", "transcript": "a cat",
+              "descriptor": "The pace is slow.", "descriptor_pred": ""}
+    ablation = score_records([as_prediction(record, ("transcript", "emotion"))])
+    assert ablation["bleu4"] is None and ablation["cider"] is None and ablation["n"]["descriptor"] == 0
+    assert ablation["ua"] == 1.0 and ablation["wer"] == 0.0
+    joint = score_records([as_prediction(record, ("transcript", "descriptor", "emotion"))])
+    assert joint["bleu4"] is not None and joint["n"]["descriptor"] == 1
