@@ -200,17 +200,18 @@ class SpeechEmotionLLM(nn.Module):
         ids = [self.prompts.target_ids(spec, t) for t in targets]
         scored = [[True] * len(x) for x in ids]
 
-        def nll(pcm, lengths):
-            streams, _ = self.encode(pcm, lengths, spec.inputs)
+        def nll(hidden_LBFD, mask_BF):
+            streams, _ = self.encode_hidden(hidden_LBFD, mask_BF, spec.inputs)
             logp, count = self._target_logp(spec, streams, ids, scored)
             return (-logp).tolist(), count.tolist()
 
-        own, tokens = nll(pcm_BT, lengths_B)
-        silence, _ = nll(torch.zeros_like(pcm_BT), lengths_B)
+        hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)
+        own, tokens = nll(hidden_LBFD, mask_BF)
+        silence, _ = nll(*self.encoder(torch.zeros_like(pcm_BT), lengths_B))
         other = [None] * len(ids)
-        if len(ids) > 1:
+        if len(ids) > 1:  # the batch's own encoder outputs, one row on: no second encoder pass
             shift = torch.roll(torch.arange(len(ids), device=pcm_BT.device), -1)
-            other, _ = nll(pcm_BT[shift], lengths_B[shift])
+            other, _ = nll(hidden_LBFD[:, shift], mask_BF[shift])
         self.train(was_training)
         return {"nll_own": own, "nll_silence": silence, "nll_other": other, "target_tokens": tokens}
 
