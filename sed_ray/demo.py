@@ -36,7 +36,7 @@ def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors:
              log=print) -> dict:
     from sed_ray.config import load_config
     from sed_ray.data.prepare import prepare
-    from sed_ray.data.synth import synthesize_corpus
+    from sed_ray.data.synth import corpus_settings, synthesize_corpus
     from sed_ray.eval.evaluate import evaluate
     from sed_ray.train.launcher import launch
 
@@ -52,6 +52,9 @@ def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors:
         log(f"\n== {title}\n   (rerun alone: {command})")
         return time.time()
 
+    wanted = {"utterances": size.utterances, "speakers": size.speakers, "seed": seed}
+    if (corpus / "manifest.jsonl").exists():
+        check_reusable(out, corpus_settings(corpus), wanted, quick)
     t = step("1/4 synthesise the corpus", f"sed-ray synth --out {corpus} --utterances {size.utterances} --speakers {size.speakers} --seed {seed}")
     if not (corpus / "manifest.jsonl").exists():
         synthesize_corpus(corpus, size.utterances, seed, speakers=size.speakers)
@@ -93,6 +96,19 @@ def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors:
     (out / f"summary-{name}.json").write_text(json.dumps(summary, indent=2))
     log("\n" + summary_table(summary))
     return summary
+
+
+def check_reusable(out: Path, found: dict | None, wanted: dict, quick: bool) -> None:
+    """A rerun into the same OUT reuses every finished step (corpus, shards, base, training runs). That
+    is only right for the same demo: a corpus made with other settings (`--quick`, another `--seed`)
+    would be trained on silently, under this demo's name."""
+    if found == wanted:
+        return
+    made = "unknown settings" if found is None else ", ".join(f"{k}={v}" for k, v in found.items())
+    raise ValueError(f"{out} holds a demo made with other settings (corpus: {made}); this "
+                     f"{'quick ' if quick else ''}demo needs {', '.join(f'{k}={v}' for k, v in wanted.items())}. "
+                     f"Give this run its own folder with --out (e.g. --out {out.name}-{'quick' if quick else 'full'}), "
+                     f"or delete {out} to start over")
 
 
 def summary_table(summary: dict) -> str:

@@ -252,9 +252,21 @@ def _render_chunk(args: tuple[list[Utterance], str]) -> list[dict]:
     return rows
 
 
+SETTINGS = "synth.json"  # beside the manifest: the settings the corpus was synthesised with
+
+
+def corpus_settings(out: str | os.PathLike) -> dict | None:
+    """The settings a complete corpus in OUT was synthesised with; None when OUT holds no complete
+    corpus, or one that does not say (made by hand or by an older version)."""
+    out = Path(out)
+    if not (out / "manifest.jsonl").exists() or not (out / SETTINGS).exists():
+        return None
+    return json.loads((out / SETTINGS).read_text())
+
+
 def synthesize_corpus(out: str | os.PathLike, utterances: int = 1200, seed: int = 0, *,
                       workers: int | None = None, speakers: int = 48, progress=None) -> Path:
-    """Write OUT/audio/*.wav and OUT/manifest.jsonl; returns the manifest path.
+    """Write OUT/audio/*.wav, OUT/synth.json (the settings) and OUT/manifest.jsonl; returns the manifest path.
 
     Deterministic for a given seed (the plan is drawn up front in one process; synthesis is pure),
     parallel over `workers` processes. The manifest is written last, under a temporary name, so a
@@ -265,6 +277,9 @@ def synthesize_corpus(out: str | os.PathLike, utterances: int = 1200, seed: int 
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     plan = plan_corpus(utterances, seed, voice_variants(), speakers=speakers)
+    manifest = out / "manifest.jsonl"
+    manifest.unlink(missing_ok=True)  # the audio is about to be rewritten: until the new manifest lands, no corpus
+    (out / SETTINGS).write_text(json.dumps({"utterances": utterances, "speakers": speakers, "seed": seed}, indent=2))
     workers = workers or min(os.cpu_count() or 1, 8)
     # libespeak-ng's output drifts with what the process synthesised before, so each fixed-size chunk
     # runs in a fresh process (max_tasks_per_child=1): same chunks, same history, same bytes, whatever
@@ -278,7 +293,6 @@ def synthesize_corpus(out: str | os.PathLike, utterances: int = 1200, seed: int 
             rows.extend(done)
             if progress:
                 progress(len(rows), len(plan))
-    manifest = out / "manifest.jsonl"
     tmp = manifest.with_suffix(".jsonl.tmp")
     with open(tmp, "w") as f:
         for row in rows:

@@ -61,14 +61,26 @@ def corpus_audio(shards: str | Path, split: str, limit: int = 2000) -> list:
     return [pcm_from_bytes(v).astype(np.float32) / 32768.0 for v in table.column("pcm").to_pylist()[:limit]]
 
 
+BASE_SETTINGS = "build.json"  # in a tiny base folder: what it was built from
+
+
+def tiny_base_settings(config: TrainConfig) -> dict:
+    """Everything a tiny base depends on; a base built with other settings is not reused."""
+    return {"shards": str(Path(config.data.shards).expanduser().resolve()), "train_split": config.data.train_split,
+            "seed": config.seed, "tiny_vocab_size": config.model.tiny_vocab_size,
+            "tiny_encoder_steps": config.model.tiny_encoder_steps, "tiny_lm_steps": config.model.tiny_lm_steps}
+
+
 def prepare_model(config: TrainConfig, log=print) -> TrainConfig:
     """For the tiny preset, build its base (encoder, LLM, tokenizer) once under the run folder from the
-    training texts; the returned config points model.encoder/llm at it."""
+    training texts; the returned config points model.encoder/llm at it. An existing base is reused only
+    if it was built with the same settings."""
     if config.model.preset != "tiny":
         return config
     from sed_ray.model.presets import build_tiny
 
     base = Path(config.model.tiny_base_dir).expanduser().resolve() if config.model.tiny_base_dir else config.run_dir / "base"
+    wanted = tiny_base_settings(config)
     if not (base / "model_config.json").exists():
         staging = base.with_name(base.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
@@ -76,12 +88,54 @@ def prepare_model(config: TrainConfig, log=print) -> TrainConfig:
         build_tiny(staging, corpus_texts(config.data.shards, config.data.train_split), seed=config.seed,
                    vocab_size=config.model.tiny_vocab_size, audio=audio, encoder_steps=config.model.tiny_encoder_steps,
                    lm_steps=config.model.tiny_lm_steps, log=log)
+        (staging / BASE_SETTINGS).write_text(json.dumps(wanted, indent=2))
         base.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(base)  # a base folder is complete or absent
+    elif (base / BASE_SETTINGS).exists():
+        built_with = json.loads((base / BASE_SETTINGS).read_text())
+        changed = [f"{key}: built with {built_with.get(key)!r}, this run asks for {value!r}"
+                   for key, value in wanted.items() if built_with.get(key) != value]
+        if changed:
+            raise ValueError(f"the tiny base {base} was built with other settings:\n  - " + "\n  - ".join(changed) +
+                             "\n  point model.tiny_base_dir at another folder, or delete this one to rebuild it")
     built = json.loads((base / "model_config.json").read_text())
     model = replace(config.model, encoder=str(base / "encoder"), llm=str(base / "llm"), latent_dim=built["latent_dim"],
                     bottleneck_hidden=built["bottleneck_hidden"], adapter_hidden=built["adapter_hidden"])
     return replace(config, model=model)
+
+
+# What a relaunch may change and still resume: how many workers, how often to checkpoint, log and
+# validate, how DeepSpeed shards the state. Everything else decides what is trained and how.
+RESUMABLE = ("scaling", "checkpoint", "logging", "validation", "deepspeed", "max_failures")
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: value}
+
+
+def resume_conflicts(saved: dict, current: dict) -> list[str]:
+    """Settings (dotted keys) that differ between a run's saved config and a relaunch of it. Keys only
+    one side knows (a config written by another sed-ray version) are not compared."""
+    old, new = _flatten(saved), _flatten(current)
+    return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in sorted(old.keys() & new.keys())
+            if key.split(".")[0] not in RESUMABLE + ("name", "storage") and old[key] != new[key]]
+
+
+def check_resumable(config: TrainConfig, has_checkpoint: bool) -> None:
+    """Relaunching a run resumes it from its latest checkpoint: refuse when the config changed what the
+    run trains, instead of silently continuing the old run under new settings."""
+    saved = config.run_dir / "config.json"
+    if not (has_checkpoint and saved.exists()):
+        return
+    current = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as they were saved
+    conflicts = resume_conflicts(json.loads(saved.read_text()), current)
+    if conflicts:
+        raise ValueError(f"run {config.run_dir} already has checkpoints, and this launch would resume it with other "
+                         f"settings:\n  - " + "\n  - ".join(conflicts) + "\n  start a new run with another name=, "
+                         f"or delete {config.run_dir} to start this one over (a relaunch may change only: "
+                         f"{', '.join(RESUMABLE)})")
 
 
 def ray_train_loop(config_dict: dict) -> None:
@@ -110,6 +164,7 @@ def launch(config: TrainConfig):
     if config.scaling.check_resources:
         check_resources(config, ray.cluster_resources())
     config = prepare_model(config)
+    check_resumable(config, any(config.run_dir.glob("checkpoint_step*")))
     config.run_dir.mkdir(parents=True, exist_ok=True)
     (config.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     datasets = {config.data.train_split: ray_dataset(config.data.shards, config.data.train_split,
@@ -143,6 +198,9 @@ def run_local(config: TrainConfig):
                      scaling=replace(config.scaling, num_workers=1))
     config.validate()
     config = prepare_model(config)
+    check_resumable(config, any((config.run_dir / "checkpoints").glob("step-*")))
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    (config.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     context = LocalContext(config.run_dir, config.data.shards, stream_config(config, shuffle=True),
                            use_gpu=config.scaling.use_gpu)
     return train_worker(config, context)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sed_ray.demo import run_demo
 
 
@@ -23,3 +25,10 @@ def test_quick_demo_runs_end_to_end(tmp_path, ray_cluster):
     # every step prints the command that reruns it alone, and the results table ends the run
     assert sum("rerun alone: sed-ray" in line for line in lines) == 4
     assert "emotion UA (held-out voices)" in lines[-1] and "report:" in lines[-1]
+
+    # rerunning into the same folder reuses finished steps; a different demo there is refused, untouched
+    manifest = (out / "corpus" / "manifest.jsonl").read_bytes()
+    with pytest.raises(ValueError) as info:
+        run_demo(out, quick=False, log=lines.append)
+    assert "utterances=320" in str(info.value) and "utterances=1200" in str(info.value) and "--out" in str(info.value)
+    assert (out / "corpus" / "manifest.jsonl").read_bytes() == manifest

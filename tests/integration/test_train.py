@@ -159,6 +159,29 @@ def test_relaunch_with_same_name_continues(synth_shards, tmp_path, ray_cluster):
     assert max(m["step"] for m in metrics if "loss" in m) == 10
     assert max(_checkpoints(run_dir)) == 10
 
+    # a relaunch that changed what the run trains would resume it under other settings: refused, unchanged
+    saved = (run_dir / "config.json").read_text()
+    longer = [a for a in args if not a.startswith("schedule.stages")] + [
+        "schedule.stages=[{preset: stage1, steps: 6, lr: 0.003}, {preset: stage2, steps: 8, lr: 0.003}]"]
+    with pytest.raises(ValueError) as info:
+        launch(load_config(TINY, longer))
+    assert "schedule.stages" in str(info.value) and str(run_dir) in str(info.value) and "name=" in str(info.value)
+    assert (run_dir / "config.json").read_text() == saved and max(_checkpoints(run_dir)) == 10
+
+
+def test_tiny_base_is_reused_only_with_the_settings_it_was_built_with(synth_shards, tmp_path):
+    from sed_ray.train.launcher import prepare_model
+
+    base = tmp_path / "base"
+    config = _config(synth_shards, tmp_path, "base-check", **{"model.tiny_base_dir": base})
+    built = prepare_model(config, log=lambda _m: None)
+    assert built.model.llm == str(base / "llm") and (base / "build.json").exists()
+    assert prepare_model(config, log=lambda _m: None).model.llm == str(base / "llm")  # same settings: reused
+    with pytest.raises(ValueError) as info:
+        prepare_model(_config(synth_shards, tmp_path, "base-check", **{"model.tiny_base_dir": base,
+                                                                         "model.tiny_lm_steps": 3}), log=lambda _m: None)
+    assert str(base) in str(info.value) and "tiny_lm_steps: built with 0, this run asks for 3" in str(info.value)
+
 
 @pytest.mark.parametrize("overrides,message", [
     (["optim.learning_rate=1"], "unknown config key 'optim.learning_rate'"),

@@ -38,3 +38,26 @@ def test_validate_collects_every_problem(tmp_path):
     message = str(info.value)
     for fragment in ("deepspeed.zero_stage", "optim.decay", "schedule.stages[0].preset", "data.shards"):
         assert fragment in message
+
+
+def test_resume_conflicts_name_what_changed_and_allow_operational_changes():
+    import json
+
+    from sed_ray.train.launcher import resume_conflicts
+
+    tiny = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "tiny.yaml"
+    saved = json.loads(json.dumps(load_config(tiny).to_dict()))
+    operational = json.loads(json.dumps(load_config(tiny, [
+        "scaling.num_workers=4", "checkpoint.every_steps=7", "logging.every_steps=3", "validation.max_batches=9",
+        "deepspeed.zero_stage=3", "max_failures=0", "name=other", "storage=/elsewhere"]).to_dict()))
+    assert resume_conflicts(saved, operational) == []
+    changed = json.loads(json.dumps(load_config(tiny, [
+        "seed=3", "optim.weight_decay=0.5", "schedule.stages=[{preset: stage1, steps: 9, lr: 0.003}]",
+        "model.lora.rank=4", "data.batch_seconds=5"]).to_dict()))
+    conflicts = resume_conflicts(saved, changed)
+    keys = [c.split(":")[0] for c in conflicts]
+    assert keys == ["data.batch_seconds", "model.lora.rank", "optim.weight_decay", "schedule.stages", "seed"]
+    assert "'seed': 0" not in conflicts[-1] and conflicts[-1] == "seed: 0 -> 3"
+    # a key only one side has (a config saved by another version) is not a conflict
+    older = {k: v for k, v in saved.items() if k != "beta"}
+    assert resume_conflicts(older, saved) == []

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import soundfile as sf
 
-from sed_ray.data.synth import EMOTION_PROFILES, plan_corpus, sentence_bank, synthesize_corpus
+from sed_ray.data.synth import EMOTION_PROFILES, corpus_settings, plan_corpus, sentence_bank, synthesize_corpus
 
 
 def _rows(manifest):
@@ -79,6 +79,12 @@ def test_same_seed_same_corpus(tmp_path):
     assert (tmp_path / "a" / first).read_bytes() == (tmp_path / "b" / first).read_bytes()
     c = synthesize_corpus(tmp_path / "c", utterances=24, seed=6, workers=2, speakers=8)
     assert c.read_text() != a.read_text()
+    # the corpus records what it was made with; synthesising again over it replaces both
+    assert corpus_settings(tmp_path / "c") == {"utterances": 24, "speakers": 8, "seed": 6}
+    synthesize_corpus(tmp_path / "c", utterances=16, seed=7, workers=2, speakers=8)
+    assert corpus_settings(tmp_path / "c") == {"utterances": 16, "speakers": 8, "seed": 7}
+    assert len((tmp_path / "c" / "manifest.jsonl").read_text().splitlines()) == 16
+    assert corpus_settings(tmp_path / "nothing-here") is None
 
 
 def test_every_level_of_a_cue_has_as_many_wordings():
