@@ -160,6 +160,10 @@ def plan_corpus(utterances: int, seed: int, variants: list[str], *, speakers: in
     """
     if utterances < 12:
         raise ValueError("--utterances must be at least 12 (a few per emotion in every split)")
+    if speakers < 3:
+        raise ValueError(f"--speakers must be at least 3 (train, valid and test each need voices of their own), got {speakers}")
+    if seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed}")
     rng = np.random.default_rng(seed)
     voice_pool = _speakers(variants, speakers, rng)
     bank = sentence_bank(sentences, seed)

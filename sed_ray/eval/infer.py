@@ -24,6 +24,9 @@ LISTENING = ("nll_own", "nll_silence", "nll_other", "target_tokens")  # see Spee
 def list_inputs(path: str | os.PathLike) -> tuple[str, list[dict]]:
     """('shards', []) for a prepare output, else ('rows', [{id, audio, ...metadata}])."""
     path = Path(path).expanduser().resolve()
+    if not path.exists():  # named here: the connector below would call it a --source
+        raise FileNotFoundError(f"{path} does not exist: give a `sed-ray prepare` output folder, a folder of "
+                                f"audio files, or a manifest (.jsonl, .csv, .parquet)")
     if (path / "summary.json").exists() and (path / "shards").is_dir():
         return "shards", []
     if path.is_dir() and not any((path / f"manifest{s}").exists() for s in (".jsonl", ".csv", ".parquet")):

@@ -101,6 +101,18 @@ def test_infer_refuses_a_beam_width_below_one(tiny_checkpoint, tmp_path, ray_clu
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_infer_names_an_input_it_cannot_use(tiny_checkpoint, tmp_path, ray_cluster, capsys, make):
+    source = tmp_path / "audio"
+    if make == "empty":
+        source.mkdir()
+    assert main(["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(source),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(source) in err and ("does not exist" if make == "missing" else "holds no audio files") in err
+    assert "--source" not in err and not (tmp_path / "out").exists()
+
+
 def test_leave_one_session_out_with_ground_truth_descriptors(tiny_checkpoint, tmp_path, ray_cluster):
     """IEMOCAP protocol: one checkpoint per session fold; results per fold and pooled."""
     from corpus_fixtures import write_iemocap

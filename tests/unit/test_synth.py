@@ -6,6 +6,7 @@ import collections
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from sed_ray.data.synth import EMOTION_PROFILES, corpus_settings, plan_corpus, sentence_bank, synthesize_corpus
@@ -95,3 +96,14 @@ def test_every_level_of_a_cue_has_as_many_wordings():
     for (cue, _level), options in _WORDING.items():
         per_cue.setdefault(cue, set()).add(len(options))
     assert all(len(counts) == 1 for counts in per_cue.values()), per_cue
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"utterances": 11}, "--utterances must be at least 12"),
+    ({"speakers": 2}, "--speakers must be at least 3"),
+    ({"seed": -1}, "--seed must be a non-negative integer"),
+])
+def test_impossible_corpus_settings_are_refused_clearly(kwargs, message):
+    settings = {"utterances": 24, "seed": 0, "speakers": 8} | kwargs
+    with pytest.raises(ValueError, match=message):
+        plan_corpus(settings.pop("utterances"), settings.pop("seed"), ["m1", "f1", "m2", "f2"], **settings)
