@@ -284,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:  # the user's mistake: say what to change, no traceback
         print(f"sed-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as exc:  # a path in the way
+        print(f"sed-ray {args.command}: error: {exc.strerror}: {exc.filename} (choose another path)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

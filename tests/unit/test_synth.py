@@ -107,3 +107,12 @@ def test_impossible_corpus_settings_are_refused_clearly(kwargs, message):
     settings = {"utterances": 24, "seed": 0, "speakers": 8} | kwargs
     with pytest.raises(ValueError, match=message):
         plan_corpus(settings.pop("utterances"), settings.pop("seed"), ["m1", "f1", "m2", "f2"], **settings)
+
+
+def test_an_output_path_that_is_a_file_is_named_without_a_traceback(tmp_path, capsys):
+    from sed_ray.cli import main
+
+    (tmp_path / "taken").write_text("not a folder")
+    assert main(["synth", "--out", str(tmp_path / "taken"), "--utterances", "12", "--speakers", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "Not a directory" in err and str(tmp_path / "taken") in err and "Traceback" not in err
