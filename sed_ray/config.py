@@ -192,8 +192,28 @@ class TrainConfig:
         if not (Path(self.data.shards) / "summary.json").exists():
             problems.append(f"data.shards: {self.data.shards} is not a finished `sed-ray prepare` output "
                             "(no summary.json)")
+        if self.model.preset is None:  # the tiny preset builds its own; checked here, not on every worker
+            problems += [p for key in ("encoder", "llm") if (p := _model_source_problem(key, getattr(self.model, key)))]
         if problems:
             raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
+
+
+def _model_source_problem(key: str, source: str) -> str | None:
+    """A checkpoint the workers could not load: a local folder without a config.json, or (offline) a hub
+    id missing from the local Hugging Face cache. Checked where the driver runs, like data.shards."""
+    import os
+
+    if source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists():
+        if not (Path(source).expanduser() / "config.json").exists():
+            return f"model.{key}: {source} is not a model folder (no config.json there)"
+        return None
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+            return (f"model.{key}: {source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
+                    "download it first (huggingface-cli download) or give a local folder")
+    return None
 
 
 # --- loading ----------------------------------------------------------------------------------------

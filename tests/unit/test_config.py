@@ -40,6 +40,22 @@ def test_validate_collects_every_problem(tmp_path):
         assert fragment in message
 
 
+def test_model_checkpoints_the_workers_could_not_load_are_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "llm" / "config.json").write_text("{}")
+    config = load_config(CONFIGS[0], [f"data.shards={tmp_path}", "model.preset=null", "model.encoder=/no/such/folder",
+                                      f"model.llm={tmp_path / 'llm'}"])
+    with pytest.raises(ValueError) as info:
+        config.validate()
+    message = str(info.value)
+    assert "model.encoder: /no/such/folder is not a model folder" in message and "model.llm" not in message
+    hub = load_config(CONFIGS[0], [f"data.shards={tmp_path}", "model.preset=null", "model.encoder=sed-ray-tests/no-such-model",
+                                   f"model.llm={tmp_path / 'llm'}"])
+    with pytest.raises(ValueError, match="'sed-ray-tests/no-such-model' is not in the local Hugging Face cache"):
+        hub.validate()
+
+
 def test_resume_conflicts_name_what_changed_and_allow_operational_changes():
     import json
 
