@@ -27,7 +27,7 @@ def list_rows(corpus: str, source: str | Path, options: ConnectorOptions | None 
         raise ValueError(f"unknown corpus {corpus!r}; choose one of: {', '.join(CONNECTORS)}")
     source = Path(source).expanduser().resolve()
     if not source.exists():
-        raise FileNotFoundError(f"--source {source} does not exist")
+        raise FileNotFoundError(f"corpus source {source} does not exist (a manifest file or the corpus root folder)")
     module = importlib.import_module(CONNECTORS[corpus])
     return module.list_rows(source, options or ConnectorOptions())
 
