@@ -62,6 +62,10 @@ def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, 
     fields = get_task(task).fields
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # An earlier evaluation's results must not outlive a rerun that fails: metrics.json (written last)
+    # is what says a folder is finished, and the report must never describe other predictions.
+    for stale in ("metrics.json", "report.html", "predictions.parquet"):
+        (out / stale).unlink(missing_ok=True)
     folders = {k: model_folder(v) for k, v in checkpoints.items()}
     labels = list(read_config(next(iter(folders.values()))).labels)
     predictions, folds = [], {}
@@ -86,7 +90,9 @@ def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, 
     first = next(iter(folders.values()))
     title = f"sed-ray evaluation: {split if protocol == 'split' else 'leave-one-session-out'} ({descriptors} descriptors)"
     write_report(out, metrics, predictions, title=title, training_metrics=_training_metrics(first, run_dir))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(out / "metrics.json")  # last: a folder with metrics.json is a finished evaluation
     return metrics
 
 

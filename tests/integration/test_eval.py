@@ -101,6 +101,15 @@ def test_infer_refuses_a_beam_width_below_one(tiny_checkpoint, tmp_path, ray_clu
     assert not (tmp_path / "out").exists()
 
 
+def test_a_failed_rerun_leaves_no_earlier_results_behind(evaluation, tiny_checkpoint, synth_shards, tmp_path, capsys):
+    out = tmp_path / "rerun"
+    shutil.copytree(evaluation, out)
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(synth_shards), "--split", "nosuch",
+                 "--out", str(out)]) == 2
+    assert "no utterance" in capsys.readouterr().err
+    assert not any((out / name).exists() for name in ("metrics.json", "report.html", "predictions.parquet"))
+
+
 @pytest.mark.parametrize("make", ["missing", "empty"])
 def test_infer_names_an_input_it_cannot_use(tiny_checkpoint, tmp_path, ray_cluster, capsys, make):
     source = tmp_path / "audio"
