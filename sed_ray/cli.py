@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -76,8 +77,6 @@ def _score(args: argparse.Namespace) -> int:
     metrics = score_records(read_predictions(args.predictions), args.labels.split(",") if args.labels else None)
     text = json.dumps(metrics, indent=2)
     if args.out:
-        from pathlib import Path
-
         Path(args.out).write_text(text)
         print(f"score: wrote {args.out}")
     print(text if not args.out else "\n".join(f"  {k}: {metrics[k]}" for k in
@@ -89,6 +88,8 @@ def _infer(args: argparse.Namespace) -> int:
     from sed_ray.eval.evaluate import model_folder
     from sed_ray.eval.infer import failed, run_inference, write_predictions
 
+    for stale in ("predictions.parquet", "errors.jsonl"):  # a failed rerun must not leave older results standing
+        (Path(args.out) / stale).unlink(missing_ok=True)
     records = run_inference(str(model_folder(args.checkpoint)), args.input, task=args.task,
                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             num_beams=args.num_beams)

@@ -173,7 +173,8 @@ def run_inference(checkpoint: str, inputs: str | os.PathLike, *, where: dict | N
 
 
 def write_predictions(records: list[dict], out: str | os.PathLike) -> tuple[Path, Path]:
-    """DIR/predictions.parquet (one row per input that decoded) and DIR/errors.jsonl (one per failure)."""
+    """DIR/errors.jsonl (one per failure) and, last, DIR/predictions.parquet (one row per input that
+    decoded); each lands whole (temporary name, then rename)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -183,13 +184,15 @@ def write_predictions(records: list[dict], out: str | os.PathLike) -> tuple[Path
     bad = [r for r in records if failed(r)]
     columns = ["id", "source", *META, "emotion_pred", "transcript", "descriptor_pred", "posterior"]
     table = pa.Table.from_pylist([{k: _plain(r.get(k)) for k in columns} for r in good])
+    errors = out / "errors.jsonl"
+    tmp_errors = out / ".errors.jsonl.tmp"
+    tmp_errors.write_text("".join(json.dumps({"id": r["id"], "source": r.get("source"), "error": r["error"]}) + "\n"
+                                  for r in bad))
+    os.replace(tmp_errors, errors)
     path = out / "predictions.parquet"
     tmp = out / ".predictions.parquet.tmp"
     pq.write_table(table, tmp)
     os.replace(tmp, path)
-    errors = out / "errors.jsonl"
-    errors.write_text("".join(json.dumps({"id": r["id"], "source": r.get("source"), "error": r["error"]}) + "\n"
-                              for r in bad))
     return path, errors
 
 

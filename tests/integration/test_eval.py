@@ -122,6 +122,17 @@ def test_infer_names_an_input_it_cannot_use(tiny_checkpoint, tmp_path, ray_clust
     assert "--source" not in err and not (tmp_path / "out").exists()
 
 
+def test_infer_rerun_that_fails_leaves_no_earlier_results(tiny_checkpoint, tmp_path, ray_cluster, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.parquet").write_bytes(b"from an earlier run")
+    (out / "errors.jsonl").write_text("{}\n")
+    assert main(["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "gone"),
+                 "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (out / "predictions.parquet").exists() and not (out / "errors.jsonl").exists()
+
+
 def test_leave_one_session_out_with_ground_truth_descriptors(tiny_checkpoint, tmp_path, ray_cluster):
     """IEMOCAP protocol: one checkpoint per session fold; results per fold and pooled."""
     from corpus_fixtures import write_iemocap
