@@ -88,9 +88,10 @@ def _infer(args: argparse.Namespace) -> int:
     from sed_ray.eval.evaluate import model_folder
     from sed_ray.eval.infer import failed, run_inference, write_predictions
 
+    folder = model_folder(args.checkpoint)  # a wrong checkpoint path costs nothing: checked before clearing
     for stale in ("predictions.parquet", "errors.jsonl"):  # a failed rerun must not leave older results standing
         (Path(args.out) / stale).unlink(missing_ok=True)
-    records = run_inference(str(model_folder(args.checkpoint)), args.input, task=args.task,
+    records = run_inference(str(folder), args.input, task=args.task,
                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             num_beams=args.num_beams)
     predictions, errors = write_predictions(records, args.out)

@@ -62,12 +62,12 @@ def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, 
     fields = get_task(task).fields
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    # An earlier evaluation's results must not outlive a rerun that fails: metrics.json (written last)
-    # is what says a folder is finished, and the report must never describe other predictions.
-    for stale in ("metrics.json", "report.html", "predictions.parquet"):
-        (out / stale).unlink(missing_ok=True)
     folders = {k: model_folder(v) for k, v in checkpoints.items()}
     labels = list(read_config(next(iter(folders.values()))).labels)
+    # The checkpoints are valid, so this run will go ahead: an earlier evaluation's results must not outlive
+    # it if it fails. metrics.json (written last) says a folder is finished; the report must match it.
+    for stale in ("metrics.json", "report.html", "predictions.parquet"):
+        (out / stale).unlink(missing_ok=True)
     predictions, folds = [], {}
     for fold, folder in folders.items():
         where = {"session": fold} if protocol == "loso" else {"split": split}
