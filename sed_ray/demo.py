@@ -91,6 +91,8 @@ def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors:
     summary = {"ua": metrics.get("ua"), "wa": metrics.get("wa"), "wer": metrics.get("wer"),
                "bleu4": metrics.get("bleu4"), "cider": metrics.get("cider"),
                "listening_gain": (metrics.get("listening") or {}).get("gain_over_silence"),
+               "listening_gain_descriptor": (((metrics.get("listening") or {}).get("fields") or {}).get("descriptor")
+                                             or {}).get("gain_over_silence"),
                "chance": 1 / len(labels) if labels else None, "report": str(evaluation / "report.html"),
                "descriptors": descriptors, "quick": quick, "seconds": timings}
     (out / f"summary-{name}.json").write_text(json.dumps(summary, indent=2))
@@ -120,6 +122,8 @@ def summary_table(summary: dict) -> str:
             ("descriptor BLEU@4", fmt(summary["bleu4"])), ("descriptor CIDEr", fmt(summary["cider"])),
             ("audio over same-length silence", "n/a" if summary.get("listening_gain") is None
              else f"{summary['listening_gain']:+.3f} nats/token (listening check)"),
+            ("  on the descriptor's tokens", "n/a" if summary.get("listening_gain_descriptor") is None
+             else f"{summary['listening_gain_descriptor']:+.3f} nats/token"),
             ("total time", f"{summary['seconds']['total']:.0f} s")]
     width = max(len(r[0]) for r in rows)
     lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]

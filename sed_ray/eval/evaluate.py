@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from sed_ray.eval.infer import failed, run_inference
+from sed_ray.eval.infer import LISTENING, LISTENING_BY_FIELD, failed, run_inference
 from sed_ray.eval.metrics import listening_summary, score_records
 from sed_ray.eval.report import write_report
 
@@ -49,7 +49,7 @@ def as_prediction(record: dict, fields: tuple[str, ...] = ("transcript", "descri
             "descriptor_hyp": generated("descriptor", record.get("descriptor_pred")),
             "posterior": record.get("posterior"), "z_content": record.get("z_content"),
             "z_descriptor": record.get("z_descriptor"),
-            **{key: record.get(key) for key in ("nll_own", "nll_silence", "nll_other", "target_tokens")}}
+            **{key: record.get(key) for key in (*LISTENING, *LISTENING_BY_FIELD)}}
 
 
 def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, split: str = "test",

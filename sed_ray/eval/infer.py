@@ -15,10 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from sed_ray.data.audio import CONTAINER_SUFFIXES, AudioLimits, AudioRejected, load_utterance
+from sed_ray.model.prompt import FIELD_TITLES
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3"} | CONTAINER_SUFFIXES
 META = ("text", "emotion", "descriptor", "speaker", "session", "split")
 LISTENING = ("nll_own", "nll_silence", "nll_other", "target_tokens")  # see SpeechEmotionLLM.listening_check
+# the same split by target field: nll_own_descriptor, ..., tokens_emotion (NaN for a field the task lacks)
+LISTENING_BY_FIELD = tuple(f"{key}_{field}" for field in FIELD_TITLES
+                           for key in ("nll_own", "nll_silence", "nll_other", "tokens"))
 
 
 def list_inputs(path: str | os.PathLike) -> tuple[str, list[dict]]:
@@ -98,7 +102,7 @@ class Predictor:
                 self._listening_check(good, pcm_BT, torch.tensor(lengths, device=self.device), results)
         out: dict[str, list] = {k: [] for k in ("id", "source", *META, "error", "emotion_pred", "transcript",
                                                 "descriptor_pred", "posterior", "z_content", "z_descriptor",
-                                                *LISTENING)}
+                                                *LISTENING, *LISTENING_BY_FIELD)}
         for r in rows:
             p = results.get(r["id"], {})
             for key in ("id", "source", *META, "error"):
@@ -109,7 +113,7 @@ class Predictor:
             out["posterior"].append(json.dumps(p["posterior"]) if "posterior" in p else None)
             out["z_content"].append(p.get("z_content"))
             out["z_descriptor"].append(p.get("z_descriptor"))
-            for key in LISTENING:  # NaN, not None: Ray's batches turn None into NaN anyway
+            for key in (*LISTENING, *LISTENING_BY_FIELD):  # NaN, not None: Ray's batches turn None into NaN anyway
                 out[key].append(float("nan") if p.get(key) is None else float(p[key]))
         return out
 
@@ -128,6 +132,9 @@ class Predictor:
         check = self.model.listening_check(pcm_BT[keep], lengths_B[keep], targets, self.task)
         for j, i in enumerate(keep):
             results[rows[i]["id"]].update({key: check[key][j] for key in LISTENING})
+            for field, figures in (check["fields"][j] or {}).items():
+                results[rows[i]["id"]].update({f"nll_own_{field}": figures["own"], f"nll_silence_{field}": figures["silence"],
+                                               f"nll_other_{field}": figures["other"], f"tokens_{field}": figures["tokens"]})
 
 
 def run_inference(checkpoint: str, inputs: str | os.PathLike, *, where: dict | None = None, task: str = "joint",

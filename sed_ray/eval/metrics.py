@@ -17,6 +17,8 @@ import os
 import re
 from pathlib import Path
 
+from sed_ray.model.prompt import FIELD_TITLES
+
 _PUNCT = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
 
 
@@ -120,24 +122,37 @@ def score_records(records: list[dict], labels: list[str] | None = None) -> dict:
 def listening_summary(records: list[dict]) -> dict | None:
     """Nats per target token of the reference targets given each utterance's own audio, same-length
     silence, and another utterance's audio (SpeechEmotionLLM.listening_check), and what the audio is
-    worth: `gain_over_silence` (what it says beyond its length) and `gain_over_other_audio`."""
+    worth: `gain_over_silence` (what it says beyond its length) and `gain_over_other_audio`. `fields`
+    gives the same per target field (transcript, descriptor, emotion) where the records have them."""
+    out = _listening("nll_own", "nll_silence", "nll_other", "target_tokens", records)
+    if out is None:
+        return None
+    fields = {}
+    for field in FIELD_TITLES:
+        figures = _listening(f"nll_own_{field}", f"nll_silence_{field}", f"nll_other_{field}", f"tokens_{field}", records)
+        if figures is not None:
+            fields[field] = figures
+    return {**out, "fields": fields}
+
+
+def _listening(own_key: str, silence_key: str, other_key: str, tokens_key: str, records: list[dict]) -> dict | None:
     def finite(value) -> bool:
         return isinstance(value, (int, float)) and math.isfinite(value)
 
-    rows = [r for r in records if finite(r.get("nll_own")) and finite(r.get("nll_silence"))
-            and finite(r.get("target_tokens")) and r["target_tokens"] > 0]
+    rows = [r for r in records if finite(r.get(own_key)) and finite(r.get(silence_key))
+            and finite(r.get(tokens_key)) and r[tokens_key] > 0]
     if not rows:
         return None
-    tokens = sum(r["target_tokens"] for r in rows)
-    own = sum(r["nll_own"] for r in rows) / tokens
-    silence = sum(r["nll_silence"] for r in rows) / tokens
+    tokens = sum(r[tokens_key] for r in rows)
+    own = sum(r[own_key] for r in rows) / tokens
+    silence = sum(r[silence_key] for r in rows) / tokens
     out = {"utterances": len(rows), "target_tokens": int(tokens), "own_audio": own, "silence": silence,
            "gain_over_silence": silence - own, "other_audio": None, "gain_over_other_audio": None}
-    paired = [r for r in rows if finite(r.get("nll_other"))]
+    paired = [r for r in rows if finite(r.get(other_key))]
     if paired:
-        paired_tokens = sum(r["target_tokens"] for r in paired)
-        out["other_audio"] = sum(r["nll_other"] for r in paired) / paired_tokens
-        out["gain_over_other_audio"] = out["other_audio"] - sum(r["nll_own"] for r in paired) / paired_tokens
+        paired_tokens = sum(r[tokens_key] for r in paired)
+        out["other_audio"] = sum(r[other_key] for r in paired) / paired_tokens
+        out["gain_over_other_audio"] = out["other_audio"] - sum(r[own_key] for r in paired) / paired_tokens
     return out
 
 

@@ -140,14 +140,18 @@ def _listening_html(listening: dict | None) -> str:
     def cell(value):
         return "n/a" if value is None else f"{value:.4f}"
 
-    rows = [("own audio", listening["own_audio"]), ("silence of the same length", listening["silence"]),
-            ("another utterance's audio", listening["other_audio"]),
-            ("gain of own audio over silence", listening["gain_over_silence"]),
-            ("gain of own audio over another's", listening["gain_over_other_audio"])]
-    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{cell(v)}</td></tr>" for k, v in rows)
+    columns = [("whole target", listening)] + [(field, figures) for field, figures in (listening.get("fields") or {}).items()]
+    rows = [("own audio", "own_audio"), ("silence of the same length", "silence"),
+            ("another utterance's audio", "other_audio"), ("gain of own audio over silence", "gain_over_silence"),
+            ("gain of own audio over another's", "gain_over_other_audio")]
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in columns)
+    body = "".join(f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{cell(figures.get(key))}</td>" for _, figures in columns)
+                   + "</tr>" for label, key in rows)
     return (f"<h2>Listening check</h2><p>Reference targets' negative log-likelihood, nats per token (teacher-forced, "
-            f"{listening['utterances']} utterances), given different audio. Own audio no better than silence of the "
-            f"same length means the model hears only how long the utterance is.</p><table>{table}</table>")
+            f"{listening['utterances']} utterances), given different audio, for the whole target and for each of its "
+            f"fields. Own audio no better than silence of the same length means the model hears only how long the "
+            f"utterance is; the descriptor column says whether what it hears shapes the description.</p>"
+            f"<table><tr><th></th>{head}</tr>{body}</table>")
 
 
 def write_report(out: str | Path, metrics: dict, predictions: list[dict], *, title: str,

@@ -15,6 +15,7 @@ Target format (fixed, parseable; fields in the task's order):
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -108,6 +109,22 @@ class PromptBuilder:
 
     def target_ids(self, task: Task, values: dict) -> list[int]:
         return self.encode(target_text(task, values)) + [self.tokenizer.eos_token_id]
+
+    def token_fields(self, task: Task, values: dict) -> list[str] | None:
+        """The field each token of `target_ids(task, values)` belongs to: a field's line is its title, its
+        value and the line break that ends it; the end token goes with the last field. Read from the
+        tokenizer's character offsets (a token belongs where it starts), so it holds whatever merges the
+        tokenizer makes; None for a tokenizer without offsets (a slow one)."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            return None
+        text = target_text(task, values)
+        line_starts, position = [], 0
+        for line in text.split("\n"):  # one line per field: target_text collapses whitespace in values
+            line_starts.append(position)
+            position += len(line) + 1
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        owners = [task.fields[max(0, bisect_right(line_starts, start) - 1)] for start, _ in offsets]
+        return owners + [task.fields[-1]]
 
     def label_continuations(self, task: Task, values: dict, labels: tuple[str, ...]) -> tuple[list[int], list[list[int]]]:
         """(prefix ids, per-label continuation ids incl. eos) such that prefix + continuation tokenises

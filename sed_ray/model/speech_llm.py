@@ -160,16 +160,22 @@ class SpeechEmotionLLM(nn.Module):
                           target_tokens=int((labels != IGNORE).sum()), sequence_tokens=int(attention.sum()))
 
     # --- inference ----------------------------------------------------------------------------------
-    def _target_logp(self, spec: Task, streams, targets: list[list[int]], scored: list[list[bool]],
-                     repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per row: summed log-probability of its scored target tokens, and how many there are."""
+    def _token_logp(self, spec: Task, streams, targets: list[list[int]], scored: list[list[bool]],
+                    repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row and position: the log-probability of the next token where it is scored (0 elsewhere),
+        and where that is. Rows are left-padded, so each row's target ends at the last position."""
         inputs, attention, positions, label_ids = self._assemble(spec, streams, targets, scored, repeat=repeat)
         logits = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions,
                           use_cache=False).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         next_ids = label_ids[:, 1:]
         mask = next_ids != IGNORE
-        token_logp = logp.gather(-1, next_ids.clamp(min=0)[..., None])[..., 0] * mask
+        return logp.gather(-1, next_ids.clamp(min=0)[..., None])[..., 0] * mask, mask
+
+    def _target_logp(self, spec: Task, streams, targets: list[list[int]], scored: list[list[bool]],
+                     repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: summed log-probability of its scored target tokens, and how many there are."""
+        token_logp, mask = self._token_logp(spec, streams, targets, scored, repeat)
         return token_logp.sum(-1), mask.sum(-1)
 
     @torch.no_grad()
@@ -189,31 +195,57 @@ class SpeechEmotionLLM(nn.Module):
 
     @torch.no_grad()
     def listening_check(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, targets: list[dict],
-                        task: str = "joint") -> dict[str, list[float]]:
+                        task: str = "joint") -> dict[str, list]:
         """Does the model use what it hears? The reference target's negative log-likelihood (nats, summed
         over its tokens; teacher-forced, z = mu) given the utterance's own audio, given silence of the same
         length (only the duration is left), and given the next utterance's audio in the batch (None for a
-        batch of one). Same figures for all three: the model ignores the audio beyond its length."""
+        batch of one). Same figures for all three: the model ignores the audio beyond its length.
+
+        `fields` splits the same sums by target field (PromptBuilder.token_fields), one dict per row:
+        {field: {"tokens", "own", "silence", "other"}}, or None where the tokenizer gives no offsets. The
+        transcript's tokens outnumber the others, so a whole-target figure can hide whether the audio
+        moves the descriptor and the emotion."""
         spec = get_task(task)
         was_training = self.training
         self.eval()
         ids = [self.prompts.target_ids(spec, t) for t in targets]
         scored = [[True] * len(x) for x in ids]
+        owners = [self.prompts.token_fields(spec, t) for t in targets]
 
         def nll(hidden_LBFD, mask_BF):
             streams, _ = self.encode_hidden(hidden_LBFD, mask_BF, spec.inputs)
-            logp, count = self._target_logp(spec, streams, ids, scored)
-            return (-logp).tolist(), count.tolist()
+            token_logp, _ = self._token_logp(spec, streams, ids, scored)
+            per_field = []
+            for row, (target, owner) in enumerate(zip(ids, owners)):
+                if owner is None:
+                    per_field.append(None)
+                    continue
+                # the row's n target tokens are predicted at its last n positions (left padding)
+                tokens = (-token_logp[row, token_logp.shape[1] - len(target):]).tolist()
+                sums = {f: 0.0 for f in spec.fields}
+                for field, value in zip(owner, tokens):
+                    sums[field] += value
+                per_field.append(sums)
+            return (-token_logp.sum(-1)).tolist(), per_field
 
         hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)
-        own, tokens = nll(hidden_LBFD, mask_BF)
-        silence, _ = nll(*self.encoder(torch.zeros_like(pcm_BT), lengths_B))
-        other = [None] * len(ids)
+        own, own_fields = nll(hidden_LBFD, mask_BF)
+        silence, silence_fields = nll(*self.encoder(torch.zeros_like(pcm_BT), lengths_B))
+        other, other_fields = [None] * len(ids), [None] * len(ids)
         if len(ids) > 1:  # the batch's own encoder outputs, one row on: no second encoder pass
             shift = torch.roll(torch.arange(len(ids), device=pcm_BT.device), -1)
-            other, _ = nll(hidden_LBFD[:, shift], mask_BF[shift])
+            other, other_fields = nll(hidden_LBFD[:, shift], mask_BF[shift])
+        fields = []
+        for row, owner in enumerate(owners):
+            if owner is None:
+                fields.append(None)
+                continue
+            fields.append({f: {"tokens": owner.count(f), "own": own_fields[row][f], "silence": silence_fields[row][f],
+                               "other": None if other_fields[row] is None else other_fields[row][f]}
+                           for f in spec.fields})
         self.train(was_training)
-        return {"nll_own": own, "nll_silence": silence, "nll_other": other, "target_tokens": tokens}
+        return {"nll_own": own, "nll_silence": silence, "nll_other": other,
+                "target_tokens": [len(x) for x in ids], "fields": fields}
 
     @torch.no_grad()
     def generate_text(self, streams, task: str, batch_size: int, max_new_tokens: int = 96,

@@ -46,6 +46,9 @@ def test_evaluate_writes_metrics_predictions_and_report(evaluation, synth_shards
         assert 0 < listening[key] < 20, listening
     assert listening["gain_over_silence"] == pytest.approx(listening["silence"] - listening["own_audio"])
     assert all(p["nll_own"] > 0 and p["target_tokens"] > 0 for p in predictions)
+    assert set(listening["fields"]) == {"transcript", "descriptor", "emotion"}
+    assert sum(f["target_tokens"] for f in listening["fields"].values()) == listening["target_tokens"]
+    assert all(p["nll_own_descriptor"] > 0 and p["tokens_emotion"] >= 1 for p in predictions)
     assert "Listening check" in (evaluation / "report.html").read_text()
 
 
@@ -65,6 +68,8 @@ def test_report_renders_in_headless_chromium_with_every_figure(evaluation, tmp_p
     assert expected == 4 and loaded and int(loaded[1]) == expected  # the page's own check: every image decoded
     assert "Uncaught" not in result.stderr  # no JavaScript error
     assert "<h2>Metrics</h2>" in dom and "Explanations" in dom
+    listening = dom[dom.index("<h2>Listening check</h2>"):]
+    assert all(f"<th>{column}</th>" in listening for column in ("whole target", "transcript", "descriptor", "emotion"))
 
 
 def test_infer_reports_broken_files_and_predicts_the_rest(tiny_checkpoint, tmp_path, ray_cluster, capsys):

@@ -103,7 +103,22 @@ def test_listening_summary_weighs_by_target_tokens_and_skips_missing_rows():
     assert summary["own_audio"] == pytest.approx(1.0) and summary["silence"] == pytest.approx(1.5)
     assert summary["gain_over_silence"] == pytest.approx(0.5)
     assert summary["other_audio"] == pytest.approx(4.0) and summary["gain_over_other_audio"] == pytest.approx(3.0)
+    assert summary["fields"] == {}  # records without per-field figures
     assert listening_summary([{"emotion_true": "sad"}]) is None
+
+
+def test_listening_summary_per_field():
+    from sed_ray.eval.metrics import listening_summary
+
+    rows = [{"nll_own": 8.0, "nll_silence": 12.0, "nll_other": 12.0, "target_tokens": 4,
+             "nll_own_transcript": 6.0, "nll_silence_transcript": 6.0, "nll_other_transcript": 6.0, "tokens_transcript": 3,
+             "nll_own_emotion": 2.0, "nll_silence_emotion": 6.0, "nll_other_emotion": 6.0, "tokens_emotion": 1,
+             "nll_own_descriptor": float("nan"), "nll_silence_descriptor": float("nan"), "tokens_descriptor": float("nan")}]
+    fields = listening_summary(rows)["fields"]
+    assert set(fields) == {"transcript", "emotion"}  # a field the task lacks (NaN) is left out
+    assert fields["transcript"]["gain_over_silence"] == pytest.approx(0.0)
+    assert fields["emotion"]["gain_over_silence"] == pytest.approx(4.0)
+    assert fields["emotion"]["target_tokens"] == 1
 
 
 def test_a_field_the_task_does_not_generate_is_not_scored():

@@ -152,10 +152,15 @@ def test_save_load_round_trip_gives_identical_outputs(model, tiny_batch, tmp_pat
 def test_listening_check_tells_audio_from_its_length(model, tiny_batch):
     batch, targets = tiny_batch
     check = model.listening_check(batch.pcm_BT, batch.lengths_B, targets, "joint")
-    assert set(check) == {"nll_own", "nll_silence", "nll_other", "target_tokens"}
+    assert set(check) == {"nll_own", "nll_silence", "nll_other", "target_tokens", "fields"}
     assert all(len(v) == batch.size for v in check.values())
     tokens = [len(model.prompts.target_ids(get_task("joint"), t)) for t in targets]
     assert check["target_tokens"] == tokens
+    for row, fields in enumerate(check["fields"]):  # the fields split the whole target exactly
+        assert list(fields) == ["transcript", "descriptor", "emotion"]
+        assert sum(f["tokens"] for f in fields.values()) == tokens[row]
+        for key, total in (("own", "nll_own"), ("silence", "nll_silence"), ("other", "nll_other")):
+            assert sum(f[key] for f in fields.values()) == pytest.approx(check[total][row], rel=1e-4)
     # a fresh model's pseudo-tokens follow its input, so other audio changes the likelihood
     assert any(abs(a - b) > 1e-3 for a, b in zip(check["nll_own"], check["nll_silence"]))
     with torch.no_grad():  # adapters that ignore their input: only the number of pseudo-tokens is left
@@ -163,8 +168,28 @@ def test_listening_check_tells_audio_from_its_length(model, tiny_batch):
             model.adapters[branch].net[-1].weight.zero_()
     deaf = model.listening_check(batch.pcm_BT, batch.lengths_B, targets, "joint")
     assert deaf["nll_own"] == pytest.approx(deaf["nll_silence"], abs=1e-4)
+    assert all(f["own"] == pytest.approx(f["silence"], abs=1e-4) for row in deaf["fields"] for f in row.values())
     single = model.listening_check(batch.pcm_BT[:1], batch.lengths_B[:1], targets[:1], "joint")
-    assert single["nll_other"] == [None]
+    assert single["nll_other"] == [None] and single["fields"][0]["emotion"]["other"] is None
+
+
+@pytest.mark.parametrize("values", [
+    {"transcript": "The cat sat.", "descriptor": "Speaks slowly, softly.", "emotion": "sad"},
+    {"transcript": "", "descriptor": "", "emotion": "angry"},  # empty fields still own their title
+    {"transcript": "Ça va? Ünïcode — ok", "descriptor": "A\nnew  line", "emotion": "happy"},
+])
+def test_every_target_token_is_given_to_the_field_it_starts_in(model, values):
+    task = get_task("joint")
+    ids = model.prompts.target_ids(task, values)
+    owners = model.prompts.token_fields(task, values)
+    assert len(owners) == len(ids) and owners[-1] == "emotion"  # the end token goes with the last field
+    assert owners == sorted(owners, key=task.fields.index)  # one contiguous run per field, in order
+    for field in task.fields:
+        text = model.tokenizer.decode([i for i, f in zip(ids, owners) if f == field], skip_special_tokens=True)
+        assert text.strip().startswith(f"{field.capitalize()}:"), (field, text)
+        assert " ".join(str(values[field]).split()) in text
+    no_descriptor = get_task("joint_no_descriptor")
+    assert set(model.prompts.token_fields(no_descriptor, values)) == {"transcript", "emotion"}
 
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2", "both"])
