@@ -20,9 +20,10 @@ from sed_ray.model.prompt import FIELD_TITLES
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3"} | CONTAINER_SUFFIXES
 META = ("text", "emotion", "descriptor", "speaker", "session", "split")
 LISTENING = ("nll_own", "nll_silence", "nll_other", "target_tokens")  # see SpeechEmotionLLM.listening_check
-# the same split by target field: nll_own_descriptor, ..., tokens_emotion (NaN for a field the task lacks)
-LISTENING_BY_FIELD = tuple(f"{key}_{field}" for field in FIELD_TITLES
-                           for key in ("nll_own", "nll_silence", "nll_other", "tokens"))
+# the same split by target field: nll_own_descriptor, ..., tokens_emotion (NaN for a field the task lacks),
+# named from listening_check's per-field figures
+_FIELD_COLUMNS = {"own": "nll_own", "silence": "nll_silence", "other": "nll_other", "tokens": "tokens"}
+LISTENING_BY_FIELD = tuple(f"{column}_{field}" for field in FIELD_TITLES for column in _FIELD_COLUMNS.values())
 
 
 def list_inputs(path: str | os.PathLike) -> tuple[str, list[dict]]:
@@ -132,9 +133,9 @@ class Predictor:
         check = self.model.listening_check(pcm_BT[keep], lengths_B[keep], targets, self.task)
         for j, i in enumerate(keep):
             results[rows[i]["id"]].update({key: check[key][j] for key in LISTENING})
-            for field, figures in (check["fields"][j] or {}).items():
-                results[rows[i]["id"]].update({f"nll_own_{field}": figures["own"], f"nll_silence_{field}": figures["silence"],
-                                               f"nll_other_{field}": figures["other"], f"tokens_{field}": figures["tokens"]})
+            results[rows[i]["id"]].update({f"{_FIELD_COLUMNS[key]}_{field}": value
+                                           for field, figures in (check["fields"][j] or {}).items()
+                                           for key, value in figures.items()})
 
 
 def run_inference(checkpoint: str, inputs: str | os.PathLike, *, where: dict | None = None, task: str = "joint",

@@ -138,6 +138,13 @@ def check_resumable(config: TrainConfig, has_checkpoint: bool) -> None:
                          f"{', '.join(RESUMABLE)})")
 
 
+def start_run_dir(config: TrainConfig, has_checkpoint: bool) -> None:
+    """Refuse a relaunch that changed what the run trains, then record the run's config in its folder."""
+    check_resumable(config, has_checkpoint)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    (config.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+
 def ray_train_loop(config_dict: dict) -> None:
     """What each TorchTrainer worker runs."""
     from sed_ray.train.context import RayTrainContext
@@ -164,9 +171,7 @@ def launch(config: TrainConfig):
     if config.scaling.check_resources:
         check_resources(config, ray.cluster_resources())
     config = prepare_model(config)
-    check_resumable(config, any(config.run_dir.glob("checkpoint_step*")))
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    (config.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    start_run_dir(config, any(config.run_dir.glob("checkpoint_step*")))
     datasets = {config.data.train_split: ray_dataset(config.data.shards, config.data.train_split,
                                                       stream_config(config, shuffle=True)),
                 config.data.valid_split: ray_dataset(config.data.shards, config.data.valid_split,
@@ -198,9 +203,7 @@ def run_local(config: TrainConfig):
                      scaling=replace(config.scaling, num_workers=1))
     config.validate()
     config = prepare_model(config)
-    check_resumable(config, any((config.run_dir / "checkpoints").glob("step-*")))
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    (config.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    start_run_dir(config, any((config.run_dir / "checkpoints").glob("step-*")))
     context = LocalContext(config.run_dir, config.data.shards, stream_config(config, shuffle=True),
                            use_gpu=config.scaling.use_gpu)
     return train_worker(config, context)
