@@ -50,6 +50,7 @@ class StageSection:
     lr: float = 1e-4  # peak learning rate
     name: str | None = None
     task: str | None = None  # override the preset's task (e.g. joint_no_descriptor for the ablation)
+    draft_teacher_until: float = 0.5  # descriptor draft only: teacher share 1 -> 0 over this fraction of the stage
 
 
 @dataclass
@@ -139,13 +140,12 @@ class TrainConfig:
         return Path(self.storage).expanduser().resolve() / self.name
 
     def stage_schedule(self):
-        from sed_ray.train.stages import Stage, StageSchedule, preset_stage
+        from sed_ray.train.stages import StageSchedule, preset_stage
 
         stages = []
         for i, s in enumerate(self.schedule.stages):
             stage = preset_stage(s.preset, s.steps, s.lr, s.name or f"{s.preset}")
-            if s.task:
-                stage = Stage(stage.name, s.task, stage.trains, stage.steps, stage.lr)
+            stage = dataclasses.replace(stage, task=s.task or stage.task, draft_teacher_until=s.draft_teacher_until)
             stages.append(stage)
         return StageSchedule(tuple(stages), self.schedule.rounds)
 
@@ -186,6 +186,8 @@ class TrainConfig:
             (self.checkpoint.keep >= 1, "checkpoint.keep: must be >= 1"),
             (self.data.batch_seconds > 0, "data.batch_seconds: must be > 0"),
             (self.model.preset in (None, "tiny"), "model.preset: null or tiny"),
+            (self.model.draft_tokens >= 0, "model.draft_tokens: must be >= 0 (0 turns the descriptor draft off)"),
+            (self.model.draft_loss_weight >= 0, "model.draft_loss_weight: must be >= 0"),
             (self.max_failures >= 0, "max_failures: must be >= 0"),
         ]
         problems += [message for ok, message in checks if not ok]

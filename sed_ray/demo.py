@@ -27,7 +27,7 @@ class DemoSize:
     max_new_tokens: int
 
 
-FULL = DemoSize(utterances=1200, speakers=48, encoder_steps=300, lm_steps=200, stage1_steps=80, stage2_steps=200,
+FULL = DemoSize(utterances=1200, speakers=48, encoder_steps=600, lm_steps=200, stage1_steps=80, stage2_steps=300,
                 max_new_tokens=64)
 QUICK = DemoSize(utterances=320, speakers=48, encoder_steps=40, lm_steps=60, stage1_steps=20, stage2_steps=120, max_new_tokens=48)
 

@@ -181,10 +181,13 @@ def write_report(out: str | Path, metrics: dict, predictions: list[dict], *, tit
         (figures_dir / f"{name}.png").write_bytes(png)
 
     esc = html.escape
+    drafted = any(p.get("descriptor_draft") is not None for p in predictions[:sample_size])
     rows = "".join(
         f"<tr><td>{esc(str(p.get('id')))}</td><td>{esc(str(p.get('emotion_true')))}</td>"
         f"<td class='{'ok' if p.get('emotion_true') == p.get('emotion_pred') else 'bad'}'>{esc(str(p.get('emotion_pred')))}</td>"
-        f"<td>{esc(str(p.get('descriptor_ref') or ''))}</td><td>{esc(str(p.get('descriptor_hyp') or ''))}</td>"
+        f"<td>{esc(str(p.get('descriptor_ref') or ''))}</td>"
+        + (f"<td>{esc(str(p.get('descriptor_draft') or ''))}</td>" if drafted else "") +
+        f"<td>{esc(str(p.get('descriptor_hyp') or ''))}</td>"
         f"<td>{esc(str(p.get('text_ref') or ''))}</td><td>{esc(str(p.get('text_hyp') or ''))}</td></tr>"
         for p in predictions[:sample_size])
     keys = ("ua", "wa", "macro_f1", "wer", "bleu4", "meteor", "rouge_l", "cider", "spice")
@@ -198,6 +201,7 @@ def write_report(out: str | Path, metrics: dict, predictions: list[dict], *, tit
         f"<figure><img class='figure' alt='{esc(caption)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
         f"<figcaption>{esc(caption)} (<a href='figures/{name}.png'>PNG</a>)</figcaption></figure>"
         for name, caption, png in figures)
+    draft_header = "<th>descriptor draft (the model's first guess)</th>" if drafted else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>
@@ -216,7 +220,7 @@ img.figure {{ max-width: 100%; border: 1px solid #ddd; }} figure {{ margin: 1.5r
 {f'<h2>Disentanglement (silhouette of pooled latents)</h2><table>{silhouettes}</table>' if silhouettes else ''}
 <h2>Figures</h2>{images}
 <h2>Explanations: a sample of utterances</h2>
-<table><tr><th>id</th><th>true emotion</th><th>predicted</th><th>reference descriptor</th><th>predicted descriptor</th>
+<table><tr><th>id</th><th>true emotion</th><th>predicted</th><th>reference descriptor</th>{draft_header}<th>predicted descriptor</th>
 <th>reference transcript</th><th>predicted transcript</th></tr>{rows}</table>
 <script>
 window.addEventListener("load", function () {{

@@ -18,11 +18,13 @@ from torch import nn
 from sed_ray.model.adapter import Adapter
 from sed_ray.model.bottleneck import DisentanglementBlock
 from sed_ray.model.config import ModelConfig
+from sed_ray.model.draft import DescriptorDraft, ctc_draft_loss, draft_tokens, greedy_ids, valid_first
 from sed_ray.model.encoder import SpeechEncoder
 from sed_ray.model.prompt import PromptBuilder, Task, get_task, parse_output
 
 BRANCHES = ("content", "descriptor")
-TRAINABLE_GROUPS = ("content_block", "content_adapter", "descriptor_block", "descriptor_adapter", "lora")
+TRAINABLE_GROUPS = ("content_block", "content_adapter", "descriptor_block", "descriptor_adapter", "descriptor_draft",
+                    "lora")
 IGNORE = -100
 
 
@@ -32,14 +34,18 @@ def _dtype(name: str) -> torch.dtype:
 
 @dataclass
 class LossOutput:
-    loss: torch.Tensor  # ce + beta_con * kl_con + beta_des * kl_des
+    loss: torch.Tensor  # ce + beta_con * kl_con + beta_des * kl_des (+ draft_loss_weight * draft_ctc)
     ce: torch.Tensor
     kl: dict[str, torch.Tensor]  # per branch used by the task
     target_tokens: int
     sequence_tokens: int
+    draft_ctc: torch.Tensor | None = None  # the descriptor draft's CTC loss, when the task uses the draft
 
     def parts(self) -> dict[str, float]:
-        return {"loss": float(self.loss), "ce": float(self.ce), **{f"kl_{k}": float(v) for k, v in self.kl.items()}}
+        parts = {"loss": float(self.loss.detach()), "ce": float(self.ce), **{f"kl_{k}": float(v) for k, v in self.kl.items()}}
+        if self.draft_ctc is not None:
+            parts["draft_ctc"] = float(self.draft_ctc)
+        return parts
 
 
 class SpeechEmotionLLM(nn.Module):
@@ -56,6 +62,8 @@ class SpeechEmotionLLM(nn.Module):
                                                              config.bottleneck_init_logvar) for b in BRANCHES})
         self.adapters = nn.ModuleDict({b: Adapter(config.latent_dim, config.stack_frames, config.adapter_hidden, width)
                                        for b in BRANCHES})
+        self.draft = (DescriptorDraft(dim, config.draft_hidden, config.draft_tokens, width)
+                      if config.draft_tokens else None)
 
     # --- building -----------------------------------------------------------------------------------
     @classmethod
@@ -75,6 +83,7 @@ class SpeechEmotionLLM(nn.Module):
         """The trainable groups by name; everything else (encoder, LLM base weights) is always frozen."""
         groups = {f"{b}_block": list(self.blocks[b].named_parameters(prefix=f"blocks.{b}")) for b in BRANCHES}
         groups |= {f"{b}_adapter": list(self.adapters[b].named_parameters(prefix=f"adapters.{b}")) for b in BRANCHES}
+        groups["descriptor_draft"] = list(self.draft.named_parameters(prefix="draft")) if self.draft is not None else []
         groups["lora"] = [(n, p) for n, p in self.llm.named_parameters(prefix="llm") if "lora_" in n]
         return groups
 
@@ -89,8 +98,12 @@ class SpeechEmotionLLM(nn.Module):
                 p.requires_grad_(name in groups)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every parameter of every trainable group (whatever the current stage freezes)."""
-        return {n: p.detach() for params in self.parameter_groups().values() for n, p in params}
+        """Every parameter of every trainable group (whatever the current stage freezes), and the draft's
+        running feature statistics (buffers that training updates)."""
+        state = {n: p.detach() for params in self.parameter_groups().values() for n, p in params}
+        if self.draft is not None:
+            state |= {n: b.detach() for n, b in self.draft.named_buffers(prefix="draft")}
+        return state
 
     # --- encoding -----------------------------------------------------------------------------------
     def encode(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, branches: Iterable[str]):
@@ -106,6 +119,42 @@ class SpeechEmotionLLM(nn.Module):
             tokens_BNH, mask_BN = self.adapters[branch](z_BFZ, mask_BF)
             streams[branch] = (tokens_BNH.to(embed_dtype), mask_BN)
         return streams, kls
+
+    def uses_draft(self, task: Task) -> bool:
+        """The draft serves tasks that generate a descriptor from the speaking-style stream (so not the
+        no-descriptor ablation, which must not see descriptor supervision)."""
+        return self.draft is not None and "descriptor" in task.fields and "descriptor" in task.inputs
+
+    @property
+    def draft_blank(self) -> int:
+        """CTC blank: the pad token, or the end token (which a descriptor never contains) when there is none."""
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def descriptor_ids(self, values: dict) -> list[int]:
+        """The descriptor's token ids as the draft writes it (the target's wording, without its title)."""
+        return self.prompts.encode(" ".join(str(values.get("descriptor") or "").split()))
+
+    def encode_for(self, task: Task, hidden_LBFD: torch.Tensor, mask_BF: torch.Tensor,
+                   draft_references: list[list[int] | None] | None = None):
+        """The task's streams from encoder outputs -> (streams, KLs, draft logits B x N x V or None). With
+        the draft, the speaking-style stream starts with the draft's tokens (its hypothesis, or the rows of
+        `draft_references` that are not None), then the branch's frame pseudo-tokens."""
+        streams, kls = self.encode_hidden(hidden_LBFD, mask_BF, task.inputs)
+        if not self.uses_draft(task):
+            return streams, kls, None
+        embedding = self.llm.get_input_embeddings().weight
+        logits_BNV = self.draft(self.blocks["descriptor"].layer_sum(hidden_LBFD), mask_BF, embedding)
+        tokens_BNH, keep_BN = draft_tokens(logits_BNV, embedding, self.draft_blank, draft_references)
+        frames_BNH, frames_mask_BN = streams["descriptor"]
+        streams["descriptor"] = valid_first(torch.cat([tokens_BNH.to(frames_BNH.dtype), frames_BNH], dim=1),
+                                            torch.cat([keep_BN, frames_mask_BN.bool()], dim=1))
+        return streams, kls, logits_BNV
+
+    def draft_texts(self, logits_BNV: torch.Tensor) -> list[str]:
+        """The draft's hypotheses as text (greedy CTC decoding)."""
+        ids_BN, keep_BN = greedy_ids(logits_BNV, self.draft_blank)
+        return [self.prompts.decode(ids[keep].tolist()) for ids, keep in zip(ids_BN, keep_BN)]
 
     def _assemble(self, task: Task, streams, targets: list[list[int]], scored: list[list[bool]],
                   repeat: int = 1):
@@ -145,19 +194,31 @@ class SpeechEmotionLLM(nn.Module):
 
     # --- training -----------------------------------------------------------------------------------
     def forward(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, targets: list[dict], task: str,
-                beta: dict[str, float] | None = None) -> LossOutput:
-        """Loss = cross-entropy on target tokens + sum over the task's branches of beta[b] * KL[b].
-        `targets[i]` holds the utterance's transcript, descriptor and emotion."""
+                beta: dict[str, float] | None = None, draft_teacher_share: float = 0.0) -> LossOutput:
+        """Loss = cross-entropy on target tokens + sum over the task's branches of beta[b] * KL[b]
+        (+ the descriptor draft's weighted CTC loss). `targets[i]` holds the utterance's transcript,
+        descriptor and emotion. `draft_teacher_share`: the expected share of rows whose slot gets the
+        reference descriptor instead of the draft's hypothesis (so the LLM first learns to read the slot)."""
         spec = get_task(task)
-        streams, kls = self.encode(pcm_BT, lengths_B, spec.inputs)
+        hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)
+        references = None
+        if self.uses_draft(spec):
+            chosen = (torch.rand(len(targets)) < draft_teacher_share).tolist()
+            references = [self.descriptor_ids(t) if pick else None for t, pick in zip(targets, chosen)]
+        streams, kls, draft_logits = self.encode_for(spec, hidden_LBFD, mask_BF, references)
         ids = [self.prompts.target_ids(spec, t) for t in targets]
         inputs, attention, positions, labels = self._assemble(spec, streams, ids, [[True] * len(x) for x in ids])
         out = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions, labels=labels,
                        use_cache=False)
         beta = beta or {}
         loss = out.loss + sum(float(beta.get(b, 0.0)) * kls[b] for b in spec.inputs)
+        draft_ctc = None
+        if draft_logits is not None:
+            draft_ctc = ctc_draft_loss(draft_logits, [self.descriptor_ids(t) for t in targets], self.draft_blank)
+            loss = loss + self.config.draft_loss_weight * draft_ctc
         return LossOutput(loss=loss, ce=out.loss.detach(), kl={b: k.detach() for b, k in kls.items()},
-                          target_tokens=int((labels != IGNORE).sum()), sequence_tokens=int(attention.sum()))
+                          target_tokens=int((labels != IGNORE).sum()), sequence_tokens=int(attention.sum()),
+                          draft_ctc=None if draft_ctc is None else draft_ctc.detach())
 
     # --- inference ----------------------------------------------------------------------------------
     def _token_logp(self, spec: Task, streams, targets: list[list[int]], scored: list[list[bool]],
@@ -213,7 +274,7 @@ class SpeechEmotionLLM(nn.Module):
         owners = [self.prompts.token_fields(spec, t) for t in targets]
 
         def nll(hidden_LBFD, mask_BF):
-            streams, _ = self.encode_hidden(hidden_LBFD, mask_BF, spec.inputs)
+            streams, _, _ = self.encode_for(spec, hidden_LBFD, mask_BF)
             token_logp, _ = self._token_logp(spec, streams, ids, scored)
             per_field = []
             for row, (target, owner) in enumerate(zip(ids, owners)):
@@ -275,15 +336,19 @@ class SpeechEmotionLLM(nn.Module):
         was_training = self.training
         self.eval()
         hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)  # once, for the streams and the latents
-        streams, _ = self.encode_hidden(hidden_LBFD, mask_BF, spec.inputs)
+        given = None  # in ground-truth mode the slot holds the reference descriptor too, not the draft's guess
+        if descriptors == "ground-truth" and self.uses_draft(spec):
+            given = [self.descriptor_ids(r) for r in references]
+        streams, _, draft_logits = self.encode_for(spec, hidden_LBFD, mask_BF, given)
         texts = self.generate_text(streams, task, pcm_BT.shape[0], max_new_tokens, num_beams)
+        drafts = self.draft_texts(draft_logits) if draft_logits is not None else [None] * len(texts)
         results = []
         for i, text in enumerate(texts):
             parsed = parse_output(text)
             if descriptors == "ground-truth":
                 parsed["descriptor"] = references[i].get("descriptor", "")
             results.append({"transcript": parsed["transcript"], "descriptor": parsed["descriptor"],
-                            "generated_emotion": parsed["emotion"], "raw": text})
+                            "generated_emotion": parsed["emotion"], "raw": text, "descriptor_draft": drafts[i]})
         if "emotion" in spec.fields:
             posterior = self.score_labels(streams, task, results)
             for row, probs in zip(results, posterior.tolist()):

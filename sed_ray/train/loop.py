@@ -130,7 +130,8 @@ def train_worker(config: TrainConfig, context: TrainContext) -> TrainPosition:
         beta = betas(position.step)
         batches = [stream.next() for _ in range(config.optim.grad_accum)]
         started = time.perf_counter()
-        metrics = runner.train_step(batches, where.stage.task, where.stage.beta_weights(beta))
+        metrics = runner.train_step(batches, where.stage.task, where.stage.beta_weights(beta),
+                                    where.stage.draft_teacher_share(where.step_in_stage))
         elapsed = time.perf_counter() - started
         position.step += 1
         position.stage_index, position.stage, position.round = where.index, where.stage.name, where.round
@@ -144,7 +145,9 @@ def train_worker(config: TrainConfig, context: TrainContext) -> TrainPosition:
                        "lr": lr, "epoch": stream.epoch}
             tracker.log(record)
             tracker.console(f"[train] {where.stage.name} r{where.round + 1} step {position.step}/{total} "
-                            f"loss {record['loss']:.3f} ce {record['ce']:.3f} beta {beta:.2g} lr {lr:.2g} | "
+                            f"loss {record['loss']:.3f} ce {record['ce']:.3f} "
+                            + (f"draft ctc {record['draft_ctc']:.3f} " if "draft_ctc" in record else "") +
+                            f"beta {beta:.2g} lr {lr:.2g} | "
                             f"{record['tokens_per_s']:.0f} tok/s {record['audio_s_per_s']:.1f} audio-s/s "
                             f"pad {record['padding_fraction']:.2f}")
             window = []

@@ -20,6 +20,10 @@ class Stage:
     trains: tuple[str, ...]  # trainable groups (model.speech_llm.TRAINABLE_GROUPS)
     steps: int  # optimiser steps per round
     lr: float = 1e-4  # peak learning rate of this stage
+    # With a descriptor draft (model/draft.py): the share of rows whose speaking-style slot holds the
+    # reference descriptor instead of the draft's guess falls linearly from 1 to 0 over this fraction of
+    # the stage, so the LLM learns to read the slot before the draft can fill it. 0 = never.
+    draft_teacher_until: float = 0.5
 
     def validate(self) -> list[str]:
         problems = []
@@ -35,7 +39,16 @@ class Stage:
             problems.append(f"stage {self.name!r}: steps must be > 0 (got {self.steps})")
         if self.lr <= 0:
             problems.append(f"stage {self.name!r}: lr must be > 0 (got {self.lr})")
+        if not 0.0 <= self.draft_teacher_until <= 1.0:
+            problems.append(f"stage {self.name!r}: draft_teacher_until is a fraction of the stage, 0 to 1 "
+                            f"(got {self.draft_teacher_until})")
         return problems
+
+    def draft_teacher_share(self, step_in_stage: int) -> float:
+        """The expected share of rows given the reference descriptor in the draft's place at this step."""
+        if self.draft_teacher_until <= 0:
+            return 0.0
+        return max(0.0, 1.0 - step_in_stage / (self.draft_teacher_until * self.steps))
 
     def beta_weights(self, beta: float) -> dict[str, float]:
         """beta for each branch this stage trains; a frozen branch's KL carries no gradient, so 0."""
@@ -44,7 +57,7 @@ class Stage:
 
 STAGE_PRESETS = {
     "stage1": dict(task="asr", trains=("content_block", "content_adapter", "lora")),
-    "stage2": dict(task="joint", trains=("descriptor_block", "descriptor_adapter", "lora")),
+    "stage2": dict(task="joint", trains=("descriptor_block", "descriptor_adapter", "descriptor_draft", "lora")),
     "both": dict(task="joint", trains=TRAINABLE_GROUPS),
 }
 

@@ -74,7 +74,7 @@ class StageRunner:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def train_step(self, batches: list, task: str, beta: dict[str, float]) -> dict:
+    def train_step(self, batches: list, task: str, beta: dict[str, float], draft_teacher_share: float = 0.0) -> dict:
         """One optimiser step over `grad_accum` micro-batches (AudioBatch on the host)."""
         self.model.train()
         sums: dict[str, float] = {}
@@ -83,11 +83,11 @@ class StageRunner:
             batch = batch.to(self.device)
             targets = batch_targets(batch)
             if self.engine is not None:
-                out = self.engine(batch.pcm_BT, batch.lengths_B, targets, task, beta)
+                out = self.engine(batch.pcm_BT, batch.lengths_B, targets, task, beta, draft_teacher_share)
                 self.engine.backward(out.loss)
                 self.engine.step()  # DeepSpeed steps the optimiser only at accumulation boundaries
             else:
-                out = self.model(batch.pcm_BT, batch.lengths_B, targets, task, beta)
+                out = self.model(batch.pcm_BT, batch.lengths_B, targets, task, beta, draft_teacher_share)
                 (out.loss / self.grad_accum).backward()
             for key, value in out.parts().items():
                 sums[key] = sums.get(key, 0.0) + value / len(batches)

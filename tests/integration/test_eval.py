@@ -35,6 +35,7 @@ def test_evaluate_writes_metrics_predictions_and_report(evaluation, synth_shards
     assert len(predictions) == expected == metrics["n"]["emotion"]
     assert all(p["emotion_pred"] in metrics["confusion"]["labels"] for p in predictions)
     assert all(abs(sum(json.loads(p["posterior"]).values()) - 1) < 1e-4 for p in predictions)
+    assert all(isinstance(p["descriptor_draft"], str) for p in predictions)  # tiny.yaml has the descriptor draft
     assert set(metrics["silhouette"]) == {"content_by_emotion", "content_by_speaker", "descriptor_by_emotion",
                                           "descriptor_by_speaker"}
     figures = sorted(p.name for p in (evaluation / "figures").glob("*.png"))
@@ -70,6 +71,9 @@ def test_report_renders_in_headless_chromium_with_every_figure(evaluation, tmp_p
     assert "<h2>Metrics</h2>" in dom and "Explanations" in dom
     listening = dom[dom.index("<h2>Listening check</h2>"):]
     assert all(f"<th>{column}</th>" in listening for column in ("whole target", "transcript", "descriptor", "emotion"))
+    explanations = dom[dom.index("Explanations"):]  # the draft's guess sits between reference and prediction
+    assert re.search(r"<th>reference descriptor</th>\s*<th>descriptor draft[^<]*</th>\s*<th>predicted descriptor</th>",
+                     explanations)
 
 
 def test_infer_reports_broken_files_and_predicts_the_rest(tiny_checkpoint, tmp_path, ray_cluster, capsys):
@@ -89,7 +93,7 @@ def test_infer_reports_broken_files_and_predicts_the_rest(tiny_checkpoint, tmp_p
     for p in predictions:
         posterior = json.loads(p["posterior"])
         assert p["emotion_pred"] == max(posterior, key=posterior.get)
-        assert "transcript" in p and "descriptor_pred" in p
+        assert "transcript" in p and "descriptor_pred" in p and isinstance(p["descriptor_draft"], str)
     errors = {e["id"]: e for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
     assert sorted(errors) == ["broken", "cut", "empty"]
     assert errors["cut"]["error"].startswith("truncated") and errors["empty"]["error"].startswith("empty")
