@@ -201,10 +201,11 @@ class SpeechEmotionLLM(nn.Module):
         reference descriptor instead of the draft's hypothesis (so the LLM first learns to read the slot)."""
         spec = get_task(task)
         hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)
-        references = None
+        descriptors = references = None
         if self.uses_draft(spec):
+            descriptors = [self.descriptor_ids(t) for t in targets]  # the draft's CTC targets
             chosen = (torch.rand(len(targets)) < draft_teacher_share).tolist()
-            references = [self.descriptor_ids(t) if pick else None for t, pick in zip(targets, chosen)]
+            references = [ids if pick else None for ids, pick in zip(descriptors, chosen)]
         streams, kls, draft_logits = self.encode_for(spec, hidden_LBFD, mask_BF, references)
         ids = [self.prompts.target_ids(spec, t) for t in targets]
         inputs, attention, positions, labels = self._assemble(spec, streams, ids, [[True] * len(x) for x in ids])
@@ -214,7 +215,7 @@ class SpeechEmotionLLM(nn.Module):
         loss = out.loss + sum(float(beta.get(b, 0.0)) * kls[b] for b in spec.inputs)
         draft_ctc = None
         if draft_logits is not None:
-            draft_ctc = ctc_draft_loss(draft_logits, [self.descriptor_ids(t) for t in targets], self.draft_blank)
+            draft_ctc = ctc_draft_loss(draft_logits, descriptors, self.draft_blank)
             loss = loss + self.config.draft_loss_weight * draft_ctc
         return LossOutput(loss=loss, ce=out.loss.detach(), kl={b: k.detach() for b, k in kls.items()},
                           target_tokens=int((labels != IGNORE).sum()), sequence_tokens=int(attention.sum()),

@@ -144,10 +144,9 @@ def train_worker(config: TrainConfig, context: TrainContext) -> TrainPosition:
             record |= {"step": position.step, "stage": where.stage.name, "round": where.round, "beta": beta,
                        "lr": lr, "epoch": stream.epoch}
             tracker.log(record)
+            draft = f"draft ctc {record['draft_ctc']:.3f} " if "draft_ctc" in record else ""
             tracker.console(f"[train] {where.stage.name} r{where.round + 1} step {position.step}/{total} "
-                            f"loss {record['loss']:.3f} ce {record['ce']:.3f} "
-                            + (f"draft ctc {record['draft_ctc']:.3f} " if "draft_ctc" in record else "") +
-                            f"beta {beta:.2g} lr {lr:.2g} | "
+                            f"loss {record['loss']:.3f} ce {record['ce']:.3f} {draft}beta {beta:.2g} lr {lr:.2g} | "
                             f"{record['tokens_per_s']:.0f} tok/s {record['audio_s_per_s']:.1f} audio-s/s "
                             f"pad {record['padding_fraction']:.2f}")
             window = []
