@@ -106,9 +106,10 @@ class SpeechEmotionLLM(nn.Module):
         return state
 
     # --- encoding -----------------------------------------------------------------------------------
-    def encode(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, branches: Iterable[str]):
-        """-> ({branch: (pseudo-tokens B x N x H, mask B x N)}, {branch: KL})."""
-        return self.encode_hidden(*self.encoder(pcm_BT, lengths_B), branches)
+    def encode(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, task: str):
+        """A task's streams from audio: `encode_for` on the encoder's outputs (so with the descriptor draft
+        wherever the task uses it) -> (streams, KLs, draft logits or None)."""
+        return self.encode_for(get_task(task), *self.encoder(pcm_BT, lengths_B))
 
     def encode_hidden(self, hidden_LBFD: torch.Tensor, mask_BF: torch.Tensor, branches: Iterable[str]):
         """`encode` from encoder outputs already computed."""

@@ -122,11 +122,11 @@ def test_batched_generation_matches_single(model, tiny_batch):
     """Left padding with explicit positions: an utterance decodes the same alone or in a batch."""
     batch, _ = tiny_batch
     model.eval()
-    streams, _ = model.encode(batch.pcm_BT, batch.lengths_B, ("content", "descriptor"))
+    streams, _, _ = model.encode(batch.pcm_BT, batch.lengths_B, "joint")
     together = model.generate_text(streams, "joint", batch.size, max_new_tokens=6)
     short = int(batch.lengths_B.argmin())
-    alone_streams, _ = model.encode(batch.pcm_BT[short:short + 1, : int(batch.lengths_B[short])],
-                                    batch.lengths_B[short:short + 1], ("content", "descriptor"))
+    alone_streams, _, _ = model.encode(batch.pcm_BT[short:short + 1, : int(batch.lengths_B[short])],
+                                       batch.lengths_B[short:short + 1], "joint")
     assert model.generate_text(alone_streams, "joint", 1, max_new_tokens=6)[0] == together[short]
 
 
