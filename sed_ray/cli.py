@@ -241,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True)
     ev.add_argument("--protocol", choices=["split", "loso"], default="split",
                     help="split: one checkpoint on --split (MELD's official test); loso: IEMOCAP leave-one-session-out")
-    ev.add_argument("--descriptors", choices=["predicted", "ground-truth"], default="predicted",
-                    help="score the emotion after the predicted or the reference descriptor (ablation)")
+    ev.add_argument("--descriptors", choices=["predicted", "generated", "ground-truth"], default="predicted",
+                    help="score the emotion after the model's own descriptor (its descriptor draft where it has "
+                         "one), the one the LLM generates, or the reference (ablation)")
     ev.add_argument("--task", default="joint")
     ev.add_argument("--run-dir", default=None, help="training run folder for the curves (default: found from the checkpoint)")
     ev.add_argument("--batch-size", type=int, default=8)

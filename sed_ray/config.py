@@ -186,7 +186,8 @@ class TrainConfig:
             (self.checkpoint.keep >= 1, "checkpoint.keep: must be >= 1"),
             (self.data.batch_seconds > 0, "data.batch_seconds: must be > 0"),
             (self.model.preset in (None, "tiny"), "model.preset: null or tiny"),
-            (self.model.draft_tokens >= 0, "model.draft_tokens: must be >= 0 (0 turns the descriptor draft off)"),
+            (self.model.draft_bank_size >= 0, "model.draft_bank_size: must be >= 0 (0 turns the descriptor draft off)"),
+            (self.model.draft_bank_tokens >= 1, "model.draft_bank_tokens: must be >= 1"),
             (self.model.draft_loss_weight >= 0, "model.draft_loss_weight: must be >= 0"),
             (self.max_failures >= 0, "max_failures: must be >= 0"),
         ]

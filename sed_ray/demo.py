@@ -90,6 +90,8 @@ def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors:
     labels = metrics["confusion"]["labels"] if metrics.get("confusion") else []
     summary = {"ua": metrics.get("ua"), "wa": metrics.get("wa"), "wer": metrics.get("wer"),
                "bleu4": metrics.get("bleu4"), "cider": metrics.get("cider"),
+               # with the descriptor draft, bleu4/cider score the draft the emotion follows; these the LLM's text
+               "bleu4_generated": (metrics.get("descriptor_generated") or {}).get("bleu4"),
                "listening_gain": (metrics.get("listening") or {}).get("gain_over_silence"),
                "listening_gain_descriptor": (((metrics.get("listening") or {}).get("fields") or {}).get("descriptor")
                                              or {}).get("gain_over_silence"),
@@ -120,6 +122,8 @@ def summary_table(summary: dict) -> str:
     rows = [("emotion UA (held-out voices)", fmt(summary["ua"])), ("emotion WA", fmt(summary["wa"])),
             ("chance (UA)", fmt(summary["chance"])), ("transcript WER", fmt(summary["wer"])),
             ("descriptor BLEU@4", fmt(summary["bleu4"])), ("descriptor CIDEr", fmt(summary["cider"])),
+            *([("  the LLM's generated descriptor", f"BLEU@4 {summary['bleu4_generated']:.3f}")]
+              if summary.get("bleu4_generated") is not None else []),
             ("audio over same-length silence", "n/a" if summary.get("listening_gain") is None
              else f"{summary['listening_gain']:+.3f} nats/token (listening check)"),
             ("  on the descriptor's tokens", "n/a" if summary.get("listening_gain_descriptor") is None

@@ -47,6 +47,7 @@ def as_prediction(record: dict, fields: tuple[str, ...] = ("transcript", "descri
             "text_ref": record.get("text"), "text_hyp": generated("transcript", record.get("transcript")),
             "descriptor_ref": record.get("descriptor"),
             "descriptor_hyp": generated("descriptor", record.get("descriptor_pred")),
+            "descriptor_generated": generated("descriptor", record.get("descriptor_generated")),  # the LLM's own
             "descriptor_draft": generated("descriptor", record.get("descriptor_draft")),  # None without a draft
             "posterior": record.get("posterior"), "z_content": record.get("z_content"),
             "z_descriptor": record.get("z_descriptor"),

@@ -102,7 +102,8 @@ class Predictor:
             if self.listening:
                 self._listening_check(good, pcm_BT, torch.tensor(lengths, device=self.device), results)
         out: dict[str, list] = {k: [] for k in ("id", "source", *META, "error", "emotion_pred", "transcript",
-                                                "descriptor_pred", "descriptor_draft", "posterior", "z_content",
+                                                "descriptor_pred", "descriptor_generated", "descriptor_draft",
+                                                "posterior", "z_content",
                                                 "z_descriptor", *LISTENING, *LISTENING_BY_FIELD)}
         for r in rows:
             p = results.get(r["id"], {})
@@ -111,6 +112,7 @@ class Predictor:
             out["emotion_pred"].append(p.get("emotion"))
             out["transcript"].append(p.get("transcript"))
             out["descriptor_pred"].append(p.get("descriptor"))
+            out["descriptor_generated"].append(p.get("descriptor_generated"))  # the LLM's own, whichever was scored after
             out["descriptor_draft"].append(p.get("descriptor_draft"))  # the descriptor draft's guess, if the model has one
             out["posterior"].append(json.dumps(p["posterior"]) if "posterior" in p else None)
             out["z_content"].append(p.get("z_content"))
@@ -191,7 +193,8 @@ def write_predictions(records: list[dict], out: str | os.PathLike) -> tuple[Path
     out.mkdir(parents=True, exist_ok=True)
     good = [r for r in records if not failed(r)]
     bad = [r for r in records if failed(r)]
-    columns = ["id", "source", *META, "emotion_pred", "transcript", "descriptor_pred", "descriptor_draft", "posterior"]
+    columns = ["id", "source", *META, "emotion_pred", "transcript", "descriptor_pred", "descriptor_generated",
+               "descriptor_draft", "posterior"]
     table = pa.Table.from_pylist([{k: _plain(r.get(k)) for k in columns} for r in good])
     errors = out / "errors.jsonl"
     tmp_errors = out / ".errors.jsonl.tmp"

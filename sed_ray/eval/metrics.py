@@ -94,6 +94,19 @@ def caption_scores(references: list[str], hypotheses: list[str]) -> dict:
     return {**scores, "notes": notes}
 
 
+def bleu_cider(references: list[str], hypotheses: list[str]) -> dict:
+    """coco-caption BLEU@4 and CIDEr alone."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"caption": r}] for i, r in enumerate(references)})
+    res = tokenizer.tokenize({i: [{"caption": h}] for i, h in enumerate(hypotheses)})
+    return {"bleu4": float(Bleu(4).compute_score(gts, res, verbose=0)[0][3]),
+            "cider": float(Cider().compute_score(gts, res)[0])}
+
+
 def score_records(records: list[dict], labels: list[str] | None = None) -> dict:
     """Score whatever pairs the records carry: emotion_true/pred, text_ref/hyp, descriptor_ref/hyp."""
     def pairs(a: str, b: str) -> list[tuple]:
@@ -114,6 +127,11 @@ def score_records(records: list[dict], labels: list[str] | None = None) -> dict:
         captions = caption_scores([str(r) for r, _ in descriptors], [str(h) for _, h in descriptors])
         out["notes"] += captions.pop("notes")
         out |= captions
+    # With a descriptor draft the emotion is scored after the draft; the LLM's own generated descriptor
+    # is scored too, so the two can be compared (BLEU@4 and CIDEr only: the Java scorers are slow).
+    generated = [(r, h) for r, h in pairs("descriptor_ref", "descriptor_generated") if str(r).strip()]
+    if generated and any(r.get("descriptor_generated") != r.get("descriptor_hyp") for r in records):
+        out["descriptor_generated"] = bleu_cider([str(r) for r, _ in generated], [str(h) for _, h in generated])
     for key in ("ua", "wa", "macro_f1", "confusion", "wer", "bleu4", "meteor", "rouge_l", "cider", "spice"):
         out.setdefault(key, None)
     return out

@@ -33,12 +33,13 @@ class ModelConfig:
     bottleneck_init_logvar: float = -4.6
     stack_frames: int = 5  # k: frames stacked per LLM pseudo-token (50 Hz -> 10 Hz)
     adapter_hidden: int = 2048  # hidden width of the ReLU adapter
-    # Descriptor draft (model/draft.py), not in the paper: a CTC head on the descriptor branch writes a
-    # first guess of the descriptor as text tokens at the front of the speaking-style slot, for tasks
-    # that generate a descriptor. 0 positions = off (the paper's model); the tiny preset uses 40.
-    draft_tokens: int = 0  # CTC positions, at least the longest descriptor in tokens
+    # Descriptor draft (model/draft.py), not in the paper: a bag-of-words head on the descriptor branch
+    # picks the best-fitting training descriptor from a bank and puts its tokens at the front of the
+    # speaking-style slot, for tasks that generate a descriptor. Bank size 0 = off (the paper's model).
+    draft_bank_size: int = 0  # training descriptors the draft chooses from (the launcher fills the bank)
+    draft_bank_tokens: int = 64  # tokens kept per bank descriptor
     draft_hidden: int = 256  # hidden width of the draft's MLP
-    draft_loss_weight: float = 0.05  # weight of its CTC loss (per target token) next to the LLM's
+    draft_loss_weight: float = 0.05  # weight of its bag-of-words loss next to the LLM's
     lora: LoraSettings = field(default_factory=LoraSettings)
     labels: tuple[str, ...] = FOUR_CLASS  # the emotion label set scored at inference
     dtype: str = "float32"  # "bfloat16" on GPUs; trainable parts stay in float32

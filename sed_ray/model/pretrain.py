@@ -121,19 +121,33 @@ def pretrain_encoder(encoder: nn.Module, utterances: list[np.ndarray], *, steps:
     return losses
 
 
+def lm_sequence(texts: list[str], rng: np.random.Generator, copy_share: float) -> str:
+    """One pretraining sequence: a text, or (with probability `copy_share`) "a b a", a text, another
+    text, then the first again, whose second copy only context can predict."""
+    first = texts[int(rng.integers(len(texts)))]
+    if rng.random() >= copy_share:
+        return first
+    return f"{first} {texts[int(rng.integers(len(texts)))]} {first}"
+
+
 def pretrain_lm(llm: nn.Module, tokenizer, texts: list[str], *, steps: int = 200, batch_size: int = 32,
-                lr: float = 3e-3, seed: int = 0, log=None) -> list[float]:
-    """Plain next-token training of the LLM on `texts` (no labels), in place."""
+                lr: float = 3e-3, seed: int = 0, copy_share: float = 0.5, log=None) -> list[float]:
+    """Next-token training of the LLM on `texts` (no labels), in place.
+
+    A pretrained LLM copies from its context (induction heads), and reading the speaking-style slot
+    relies on that: a descriptor put there as text is what the target's descriptor repeats. Short
+    independent texts never ask a model to copy, so a share of the sequences repeat a text after
+    another one (measured in docs/benchmarks.md, "Fifth stop")."""
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(llm.parameters(), lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
     llm.train()
     losses = []
     for step in range(steps):
-        batch = [texts[i] for i in rng.integers(len(texts), size=batch_size)]
-        encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=128)
+        batch = [lm_sequence(texts, rng, copy_share) for _ in range(batch_size)]
+        encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=192)
         labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
         loss = llm(**encoded, labels=labels).loss
-        _step(optimizer, llm, loss, losses, log, f"LLM step {step + 1}/{steps}: text", step, steps)
+        _step(optimizer, llm, loss, losses, log, f"LLM step {step + 1}/{steps}: text and copies", step, steps)
     llm.eval()
     return losses

@@ -18,11 +18,12 @@ from torch import nn
 from sed_ray.model.adapter import Adapter
 from sed_ray.model.bottleneck import DisentanglementBlock
 from sed_ray.model.config import ModelConfig
-from sed_ray.model.draft import DescriptorDraft, ctc_draft_loss, draft_tokens, greedy_ids, valid_first
+from sed_ray.model.draft import DescriptorDraft, bag_of_words_loss, draft_tokens, valid_first
 from sed_ray.model.encoder import SpeechEncoder
 from sed_ray.model.prompt import PromptBuilder, Task, get_task, parse_output
 
 BRANCHES = ("content", "descriptor")
+DESCRIPTOR_SOURCES = ("predicted", "generated", "ground-truth")  # what predict() scores the emotion after
 TRAINABLE_GROUPS = ("content_block", "content_adapter", "descriptor_block", "descriptor_adapter", "descriptor_draft",
                     "lora")
 IGNORE = -100
@@ -34,18 +35,27 @@ def _dtype(name: str) -> torch.dtype:
 
 @dataclass
 class LossOutput:
-    loss: torch.Tensor  # ce + beta_con * kl_con + beta_des * kl_des (+ draft_loss_weight * draft_ctc)
+    loss: torch.Tensor  # ce + beta_con * kl_con + beta_des * kl_des (+ draft_loss_weight * draft_bow)
     ce: torch.Tensor
     kl: dict[str, torch.Tensor]  # per branch used by the task
     target_tokens: int
     sequence_tokens: int
-    draft_ctc: torch.Tensor | None = None  # the descriptor draft's CTC loss, when the task uses the draft
+    draft_bow: torch.Tensor | None = None  # the descriptor draft's bag-of-words loss, when the task uses it
 
     def parts(self) -> dict[str, float]:
         parts = {"loss": float(self.loss.detach()), "ce": float(self.ce), **{f"kl_{k}": float(v) for k, v in self.kl.items()}}
-        if self.draft_ctc is not None:
-            parts["draft_ctc"] = float(self.draft_ctc)
+        if self.draft_bow is not None:
+            parts["draft_bow"] = float(self.draft_bow)
         return parts
+
+
+@dataclass
+class DraftGuess:
+    """What the descriptor draft made of a batch: its bag of words and the bank descriptor it chose."""
+    logp_BV: torch.Tensor  # log-probabilities over the vocabulary (what the bag-of-words loss trains)
+    ids_BL: torch.Tensor  # the chosen descriptor's token ids
+    valid_BL: torch.Tensor  # which of them are real tokens
+    bank_row_B: torch.Tensor  # which bank descriptor was chosen (-1: the bank is empty)
 
 
 class SpeechEmotionLLM(nn.Module):
@@ -62,8 +72,8 @@ class SpeechEmotionLLM(nn.Module):
                                                              config.bottleneck_init_logvar) for b in BRANCHES})
         self.adapters = nn.ModuleDict({b: Adapter(config.latent_dim, config.stack_frames, config.adapter_hidden, width)
                                        for b in BRANCHES})
-        self.draft = (DescriptorDraft(dim, config.draft_hidden, config.draft_tokens, width)
-                      if config.draft_tokens else None)
+        self.draft = (DescriptorDraft(dim, config.draft_hidden, width, config.draft_bank_size, config.draft_bank_tokens)
+                      if config.draft_bank_size else None)
 
     # --- building -----------------------------------------------------------------------------------
     @classmethod
@@ -99,7 +109,7 @@ class SpeechEmotionLLM(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter of every trainable group (whatever the current stage freezes), and the draft's
-        running feature statistics (buffers that training updates)."""
+        buffers: its running feature statistics and its bank of descriptors."""
         state = {n: p.detach() for params in self.parameter_groups().values() for n, p in params}
         if self.draft is not None:
             state |= {n: b.detach() for n, b in self.draft.named_buffers(prefix="draft")}
@@ -108,7 +118,7 @@ class SpeechEmotionLLM(nn.Module):
     # --- encoding -----------------------------------------------------------------------------------
     def encode(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, task: str):
         """A task's streams from audio: `encode_for` on the encoder's outputs (so with the descriptor draft
-        wherever the task uses it) -> (streams, KLs, draft logits or None)."""
+        wherever the task uses it) -> (streams, KLs, DraftGuess or None)."""
         return self.encode_for(get_task(task), *self.encoder(pcm_BT, lengths_B))
 
     def encode_hidden(self, hidden_LBFD: torch.Tensor, mask_BF: torch.Tensor, branches: Iterable[str]):
@@ -126,36 +136,38 @@ class SpeechEmotionLLM(nn.Module):
         no-descriptor ablation, which must not see descriptor supervision)."""
         return self.draft is not None and "descriptor" in task.fields and "descriptor" in task.inputs
 
-    @property
-    def draft_blank(self) -> int:
-        """CTC blank: the pad token, or the end token (which a descriptor never contains) when there is none."""
-        tok = self.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
     def descriptor_ids(self, values: dict) -> list[int]:
-        """The descriptor's token ids as the draft writes it (the target's wording, without its title)."""
+        """The descriptor's token ids as the draft reads and writes it (the target's wording, no title)."""
         return self.prompts.encode(" ".join(str(values.get("descriptor") or "").split()))
+
+    def set_descriptor_bank(self, descriptors: list[str]) -> int:
+        """Fill the draft's bank with these descriptors (training ones; see `draft.py`) -> how many it
+        holds. A no-op returning 0 for a model without a draft."""
+        if self.draft is None:
+            return 0
+        self.draft.set_bank([self.descriptor_ids({"descriptor": d}) for d in descriptors])
+        return self.draft.bank_count
 
     def encode_for(self, task: Task, hidden_LBFD: torch.Tensor, mask_BF: torch.Tensor,
                    draft_references: list[list[int] | None] | None = None):
-        """The task's streams from encoder outputs -> (streams, KLs, draft logits B x N x V or None). With
-        the draft, the speaking-style stream starts with the draft's tokens (its hypothesis, or the rows of
-        `draft_references` that are not None), then the branch's frame pseudo-tokens."""
+        """The task's streams from encoder outputs -> (streams, KLs, DraftGuess or None). With the draft,
+        the speaking-style stream starts with the retrieved descriptor's tokens (or, for the rows of
+        `draft_references` that are not None, those ids), then the branch's frame pseudo-tokens."""
         streams, kls = self.encode_hidden(hidden_LBFD, mask_BF, task.inputs)
         if not self.uses_draft(task):
             return streams, kls, None
         embedding = self.llm.get_input_embeddings().weight
-        logits_BNV = self.draft(self.blocks["descriptor"].layer_sum(hidden_LBFD), mask_BF, embedding)
-        tokens_BNH, keep_BN = draft_tokens(logits_BNV, embedding, self.draft_blank, draft_references)
+        logp_BV = self.draft(self.blocks["descriptor"].layer_sum(hidden_LBFD), mask_BF, embedding)
+        guess = DraftGuess(logp_BV, *self.draft.retrieve(logp_BV))
+        tokens_BLH, valid_BL = draft_tokens(guess.ids_BL, guess.valid_BL, embedding, draft_references)
         frames_BNH, frames_mask_BN = streams["descriptor"]
-        streams["descriptor"] = valid_first(torch.cat([tokens_BNH.to(frames_BNH.dtype), frames_BNH], dim=1),
-                                            torch.cat([keep_BN, frames_mask_BN.bool()], dim=1))
-        return streams, kls, logits_BNV
+        streams["descriptor"] = valid_first(torch.cat([tokens_BLH.to(frames_BNH.dtype), frames_BNH], dim=1),
+                                            torch.cat([valid_BL, frames_mask_BN.bool()], dim=1))
+        return streams, kls, guess
 
-    def draft_texts(self, logits_BNV: torch.Tensor) -> list[str]:
-        """The draft's hypotheses as text (greedy CTC decoding)."""
-        ids_BN, keep_BN = greedy_ids(logits_BNV, self.draft_blank)
-        return [self.prompts.decode(ids[keep].tolist()) for ids, keep in zip(ids_BN, keep_BN)]
+    def draft_texts(self, guess: "DraftGuess") -> list[str]:
+        """The retrieved descriptors as text ("" where the bank was empty)."""
+        return [self.prompts.decode(ids[valid].tolist()) for ids, valid in zip(guess.ids_BL, guess.valid_BL)]
 
     def _assemble(self, task: Task, streams, targets: list[list[int]], scored: list[list[bool]],
                   repeat: int = 1):
@@ -197,30 +209,30 @@ class SpeechEmotionLLM(nn.Module):
     def forward(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, targets: list[dict], task: str,
                 beta: dict[str, float] | None = None, draft_teacher_share: float = 0.0) -> LossOutput:
         """Loss = cross-entropy on target tokens + sum over the task's branches of beta[b] * KL[b]
-        (+ the descriptor draft's weighted CTC loss). `targets[i]` holds the utterance's transcript,
+        (+ the descriptor draft's weighted bag-of-words loss). `targets[i]` holds the utterance's transcript,
         descriptor and emotion. `draft_teacher_share`: the expected share of rows whose slot gets the
         reference descriptor instead of the draft's hypothesis (so the LLM first learns to read the slot)."""
         spec = get_task(task)
         hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)
         descriptors = references = None
         if self.uses_draft(spec):
-            descriptors = [self.descriptor_ids(t) for t in targets]  # the draft's CTC targets
+            descriptors = [self.descriptor_ids(t) for t in targets]  # the draft's bag-of-words targets
             chosen = (torch.rand(len(targets)) < draft_teacher_share).tolist()
             references = [ids if pick else None for ids, pick in zip(descriptors, chosen)]
-        streams, kls, draft_logits = self.encode_for(spec, hidden_LBFD, mask_BF, references)
+        streams, kls, guess = self.encode_for(spec, hidden_LBFD, mask_BF, references)
         ids = [self.prompts.target_ids(spec, t) for t in targets]
         inputs, attention, positions, labels = self._assemble(spec, streams, ids, [[True] * len(x) for x in ids])
         out = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions, labels=labels,
                        use_cache=False)
         beta = beta or {}
         loss = out.loss + sum(float(beta.get(b, 0.0)) * kls[b] for b in spec.inputs)
-        draft_ctc = None
-        if draft_logits is not None:
-            draft_ctc = ctc_draft_loss(draft_logits, descriptors, self.draft_blank)
-            loss = loss + self.config.draft_loss_weight * draft_ctc
+        draft_bow = None
+        if guess is not None:
+            draft_bow = bag_of_words_loss(guess.logp_BV, descriptors)
+            loss = loss + self.config.draft_loss_weight * draft_bow
         return LossOutput(loss=loss, ce=out.loss.detach(), kl={b: k.detach() for b, k in kls.items()},
                           target_tokens=int((labels != IGNORE).sum()), sequence_tokens=int(attention.sum()),
-                          draft_ctc=None if draft_ctc is None else draft_ctc.detach())
+                          draft_bow=None if draft_bow is None else draft_bow.detach())
 
     # --- inference ----------------------------------------------------------------------------------
     def _token_logp(self, spec: Task, streams, targets: list[list[int]], scored: list[list[bool]],
@@ -326,12 +338,19 @@ class SpeechEmotionLLM(nn.Module):
     def predict(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, task: str = "joint",
                 references: list[dict] | None = None, descriptors: str = "predicted",
                 max_new_tokens: int = 96, num_beams: int = 1, return_latents: bool = False) -> list[dict]:
-        """Per utterance: transcript, descriptor, emotion and its posterior over the label set.
+        """Per utterance: transcript, descriptor, emotion and its posterior over the label set; the
+        emotion is scored after the transcript and the descriptor that `descriptors` names:
 
-        descriptors="predicted": the emotion is scored after the model's own transcript and descriptor.
-        descriptors="ground-truth": after the reference descriptor (`references[i]["descriptor"]`)."""
-        if descriptors not in ("predicted", "ground-truth"):
-            raise ValueError("descriptors must be 'predicted' or 'ground-truth'")
+        "predicted": the model's own. With a descriptor draft that is the draft, which the LLM also reads
+          in its slot (the bank descriptor the audio fits best; the LLM's generated descriptor where the
+          bank is empty); without one, the descriptor the LLM generates.
+        "generated": the descriptor the LLM generates, whether or not there is a draft.
+        "ground-truth": the reference (`references[i]["descriptor"]`), in the slot too (the paper's ablation).
+
+        Each row also keeps the LLM's generated descriptor (`descriptor_generated`) and the draft
+        (`descriptor_draft`, None without one)."""
+        if descriptors not in DESCRIPTOR_SOURCES:
+            raise ValueError(f"descriptors must be one of {', '.join(DESCRIPTOR_SOURCES)} (got {descriptors!r})")
         if descriptors == "ground-truth" and references is None:
             raise ValueError("descriptors='ground-truth' needs references with a descriptor per utterance")
         spec = get_task(task)
@@ -341,16 +360,20 @@ class SpeechEmotionLLM(nn.Module):
         given = None  # in ground-truth mode the slot holds the reference descriptor too, not the draft's guess
         if descriptors == "ground-truth" and self.uses_draft(spec):
             given = [self.descriptor_ids(r) for r in references]
-        streams, _, draft_logits = self.encode_for(spec, hidden_LBFD, mask_BF, given)
+        streams, _, guess = self.encode_for(spec, hidden_LBFD, mask_BF, given)
         texts = self.generate_text(streams, task, pcm_BT.shape[0], max_new_tokens, num_beams)
-        drafts = self.draft_texts(draft_logits) if draft_logits is not None else [None] * len(texts)
+        drafts = self.draft_texts(guess) if guess is not None else [None] * len(texts)
         results = []
         for i, text in enumerate(texts):
             parsed = parse_output(text)
+            descriptor = parsed["descriptor"]
             if descriptors == "ground-truth":
-                parsed["descriptor"] = references[i].get("descriptor", "")
-            results.append({"transcript": parsed["transcript"], "descriptor": parsed["descriptor"],
-                            "generated_emotion": parsed["emotion"], "raw": text, "descriptor_draft": drafts[i]})
+                descriptor = references[i].get("descriptor", "")
+            elif descriptors == "predicted" and drafts[i]:
+                descriptor = drafts[i]
+            results.append({"transcript": parsed["transcript"], "descriptor": descriptor,
+                            "generated_emotion": parsed["emotion"], "raw": text,
+                            "descriptor_generated": parsed["descriptor"], "descriptor_draft": drafts[i]})
         if "emotion" in spec.fields:
             posterior = self.score_labels(streams, task, results)
             for row, probs in zip(results, posterior.tolist()):

@@ -48,6 +48,23 @@ def corpus_texts(shards: str | Path, split: str) -> list[str]:
     return [t for column in table.columns for t in column.to_pylist() if t]
 
 
+def descriptor_bank(shards: str | Path, split: str, size: int, seed: int) -> list[str]:
+    """Up to `size` distinct descriptors of a split for the descriptor draft's bank: the split's descriptors
+    in a seeded random order, first occurrences kept, so frequent descriptors are likelier to be in it."""
+    import numpy as np
+    import pyarrow.dataset as pads
+
+    from sed_ray.data.stream import shard_files
+
+    if size <= 0:
+        return []
+    table = pads.dataset(shard_files(shards), format="parquet").to_table(
+        columns=["descriptor"], filter=pads.field("split") == split)
+    texts = [" ".join(t.split()) for t in table.column("descriptor").to_pylist() if t and t.strip()]
+    order = np.random.default_rng(seed).permutation(len(texts))
+    return list(dict.fromkeys(texts[i] for i in order))[:size]
+
+
 def corpus_audio(shards: str | Path, split: str, limit: int = 2000) -> list:
     """Up to `limit` utterances of a split as float arrays (for the tiny encoder's pretraining)."""
     import numpy as np
@@ -145,13 +162,18 @@ def start_run_dir(config: TrainConfig, has_checkpoint: bool) -> None:
     (config.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
 
-def ray_train_loop(config_dict: dict) -> None:
-    """What each TorchTrainer worker runs."""
+def ray_train_loop(loop_config: dict) -> None:
+    """What each TorchTrainer worker runs: {"config": TrainConfig.to_dict(), "draft_bank": [...]}."""
     from sed_ray.train.context import RayTrainContext
     from sed_ray.train.loop import train_worker
 
-    config = build(TrainConfig, config_dict)
-    train_worker(config, RayTrainContext(config.scaling.use_gpu))
+    config = build(TrainConfig, loop_config["config"])
+    train_worker(config, RayTrainContext(config.scaling.use_gpu), loop_config.get("draft_bank"))
+
+
+def draft_bank_for(config: TrainConfig) -> list[str]:
+    """The draft's bank, read once on the driver (workers need not see the shard folder)."""
+    return descriptor_bank(config.data.shards, config.data.train_split, config.model.draft_bank_size, config.seed)
 
 
 def launch(config: TrainConfig):
@@ -179,7 +201,7 @@ def launch(config: TrainConfig):
     resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
     trainer = TorchTrainer(
         ray_train_loop,
-        train_loop_config=config.to_dict(),
+        train_loop_config={"config": config.to_dict(), "draft_bank": draft_bank_for(config)},
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
@@ -206,4 +228,4 @@ def run_local(config: TrainConfig):
     start_run_dir(config, any((config.run_dir / "checkpoints").glob("step-*")))
     context = LocalContext(config.run_dir, config.data.shards, stream_config(config, shuffle=True),
                            use_gpu=config.scaling.use_gpu)
-    return train_worker(config, context)
+    return train_worker(config, context, draft_bank_for(config))

@@ -81,8 +81,10 @@ def validate(model, context: TrainContext, task: str, config: TrainConfig) -> di
     return result
 
 
-def train_worker(config: TrainConfig, context: TrainContext) -> TrainPosition:
-    """Run (or resume) the whole stage schedule on this worker; returns the final position."""
+def train_worker(config: TrainConfig, context: TrainContext, draft_bank: list[str] | None = None) -> TrainPosition:
+    """Run (or resume) the whole stage schedule on this worker; returns the final position. `draft_bank`:
+    the training descriptors the descriptor draft chooses from (`launcher.descriptor_bank`), when the
+    model has a draft; a resumed run gets the bank back from its checkpoint."""
     run_dir = config.run_dir
     (run_dir / "workers").mkdir(parents=True, exist_ok=True)
     (run_dir / "workers" / f"rank{context.rank}.pid").write_text(str(os.getpid()))  # ops: which process is which rank
@@ -92,6 +94,10 @@ def train_worker(config: TrainConfig, context: TrainContext) -> TrainPosition:
     total, boundaries = schedule.total_steps, set(schedule.boundaries())
     tracker = Tracker(run_dir, config.to_dict(), context.rank, config.logging.wandb, config.logging.wandb_project,
                       config.logging.wandb_mode)
+    if model.draft is not None:
+        held = model.set_descriptor_bank(draft_bank or [])
+        tracker.console(f"[train] descriptor draft: {held} training descriptors in its bank"
+                        + ("" if held else " (none: the draft will only learn, not fill the slot)"))
 
     position, optimizer_tensors, saved_weights = TrainPosition(), {}, {}
     resume_from = context.latest_checkpoint()
@@ -144,7 +150,7 @@ def train_worker(config: TrainConfig, context: TrainContext) -> TrainPosition:
             record |= {"step": position.step, "stage": where.stage.name, "round": where.round, "beta": beta,
                        "lr": lr, "epoch": stream.epoch}
             tracker.log(record)
-            draft = f"draft ctc {record['draft_ctc']:.3f} " if "draft_ctc" in record else ""
+            draft = f"draft bow {record['draft_bow']:.3f} " if "draft_bow" in record else ""
             tracker.console(f"[train] {where.stage.name} r{where.round + 1} step {position.step}/{total} "
                             f"loss {record['loss']:.3f} ce {record['ce']:.3f} {draft}beta {beta:.2g} lr {lr:.2g} | "
                             f"{record['tokens_per_s']:.0f} tok/s {record['audio_s_per_s']:.1f} audio-s/s "

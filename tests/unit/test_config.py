@@ -32,12 +32,12 @@ def test_overrides_win_and_types_are_checked():
 
 def test_validate_collects_every_problem(tmp_path):
     config = load_config(CONFIGS[0], [f"data.shards={tmp_path}", "deepspeed.zero_stage=5", "optim.decay=step",
-                                      "schedule.stages=[{preset: stage3, steps: 10}]", "model.draft_tokens=-1"])
+                                      "schedule.stages=[{preset: stage3, steps: 10}]", "model.draft_bank_size=-1"])
     with pytest.raises(ValueError) as info:
         config.validate()
     message = str(info.value)
     for fragment in ("deepspeed.zero_stage", "optim.decay", "schedule.stages[0].preset", "data.shards",
-                     "model.draft_tokens"):
+                     "model.draft_bank_size"):
         assert fragment in message
 
 

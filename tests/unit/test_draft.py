@@ -1,4 +1,4 @@
-"""The descriptor draft: CTC decoding, straight-through tokens, teacher rows, and the model around it."""
+"""The descriptor draft: its bank, retrieval, bag-of-words loss, teacher rows, and the model around it."""
 
 from __future__ import annotations
 
@@ -7,22 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from sed_ray.model.draft import DescriptorDraft, ctc_draft_loss, draft_tokens, greedy_ids, pooled_statistics, valid_first
+from sed_ray.model.draft import BANK_PAD, DescriptorDraft, bag_of_words_loss, draft_tokens, pooled_statistics, valid_first
 from sed_ray.model.prompt import get_task
 from sed_ray.model.speech_llm import SpeechEmotionLLM
 from sed_ray.model.weights import load_model, save_trainable
 from sed_ray.train.stages import STAGE_PRESETS, Stage
-
-BLANK = 0
-
-
-def one_hot_logits(ids: list[list[int]], vocab: int = 6) -> torch.Tensor:
-    return torch.nn.functional.one_hot(torch.tensor(ids), vocab).float() * 10.0
-
-
-def test_greedy_decoding_drops_blanks_and_repeats_but_keeps_a_repeat_across_a_blank():
-    ids, keep = greedy_ids(one_hot_logits([[3, 3, 0, 3, 4, 4, 0, 0, 5]]), BLANK)
-    assert ids[keep].tolist() == [3, 3, 4, 5]
 
 
 def test_pooled_statistics_ignore_padding():
@@ -31,24 +20,83 @@ def test_pooled_statistics_ignore_padding():
     assert pooled_statistics(x, mask)[0].tolist() == pytest.approx([2.0, 1.0, 0.02])  # mean, std, frames / 100
 
 
-def test_draft_tokens_are_hard_embeddings_with_a_gradient_into_the_logits():
-    embedding = torch.randn(6, 4)
-    logits = one_hot_logits([[2, 2, 0, 5]]).requires_grad_(True)
-    tokens, keep = draft_tokens(logits, embedding, BLANK)
-    assert keep.tolist() == [[True, False, False, True]]
-    assert torch.allclose(tokens[0, 0], embedding[2]) and torch.allclose(tokens[0, 3], embedding[5])
-    (tokens * torch.randn_like(tokens)).sum().backward()
-    assert logits.grad is not None and logits.grad.abs().sum() > 0  # straight-through
+def test_the_bank_keeps_non_empty_descriptors_cut_to_its_width_and_size():
+    draft = DescriptorDraft(in_dim=2, hidden=8, llm_width=4, bank_size=2, bank_tokens=3)
+    draft.set_bank([[], [1, 2, 3, 4], [5], [6, 7]])
+    assert draft.bank_count == 2
+    assert draft.bank_ids.tolist() == [[1, 2, 3], [5, BANK_PAD, BANK_PAD]]
+    draft.set_bank([[7]])  # refilling clears what was there
+    assert draft.bank_ids.tolist() == [[7, BANK_PAD, BANK_PAD], [BANK_PAD] * 3]
 
 
-def test_teacher_rows_get_the_reference_ids_truncated_to_the_positions():
-    embedding = torch.randn(6, 4)
-    logits = one_hot_logits([[1, 2, 3], [1, 2, 3], [4, 4, 4]])
-    tokens, keep = draft_tokens(logits, embedding, BLANK, [None, [5, 4, 3, 2, 1], []])
-    assert keep.tolist() == [[True, True, True], [True, True, True], [False, False, False]]
-    assert torch.allclose(tokens[0, 1], embedding[2])  # row 0 keeps its hypothesis
-    assert torch.allclose(tokens[1], embedding[[5, 4, 3]])  # row 1: the reference, cut to 3 positions
-    assert not tokens[2].any()
+def test_retrieval_picks_the_descriptor_with_the_best_mean_token_log_probability():
+    draft = DescriptorDraft(in_dim=2, hidden=8, llm_width=4, bank_size=4, bank_tokens=3)
+    draft.set_bank([[0, 1], [2, 3, 3], [4]])
+    logp = torch.log_softmax(torch.tensor([[0.0, 0.0, 5.0, 5.0, 4.0, 0.0],    # 2 and 3 likely: row 1
+                                           [0.0, 0.0, 0.0, 0.0, 5.0, 0.0],    # 4 alone: row 2, not diluted
+                                           [3.0, 3.0, 3.0, 0.0, 2.9, 0.0]]), -1)  # row 1 is diluted by 3
+    ids, valid, row = draft.retrieve(logp)
+    assert row.tolist() == [1, 2, 0]
+    assert ids[0][valid[0]].tolist() == [2, 3, 3] and ids[1][valid[1]].tolist() == [4]
+
+
+def test_retrieval_scores_pointwise_mutual_information_so_words_every_descriptor_uses_do_not_decide():
+    draft = DescriptorDraft(in_dim=2, hidden=8, llm_width=4, bank_size=4, bank_tokens=4)
+    bank = [[0, 0, 0, 1], [0, 2], [0, 3]]  # token 0 is in every descriptor, as "the" would be
+    draft.set_bank(bank)
+    prior = torch.zeros(5)
+    for ids in bank:
+        for t in ids:
+            prior[t] += 1 / len(ids) / len(bank)
+    logp = torch.log(torch.tensor([[0.70, 0.09, 0.20, 0.005, 0.005]]))
+    expected = [float(sum(logp[0, t] - prior[t].log() for t in ids) / len(ids)) for ids in bank]
+    _, _, row = draft.retrieve(logp)
+    assert row.item() == max(range(3), key=expected.__getitem__) == 1  # token 2 is 1.2x likelier than usual
+    plain = [float(logp[0, ids].mean()) for ids in bank]
+    assert max(range(3), key=plain.__getitem__) == 0  # a plain mean would have picked the common words
+
+
+def test_an_empty_bank_retrieves_nothing():
+    draft = DescriptorDraft(in_dim=2, hidden=8, llm_width=4, bank_size=4, bank_tokens=3)
+    ids, valid, row = draft.retrieve(torch.log_softmax(torch.randn(2, 6), -1))
+    assert not valid.any() and row.tolist() == [-1, -1] and ids.shape == (2, 3)
+
+
+def test_bag_of_words_loss_skips_rows_without_a_descriptor_and_learns_which_descriptor_fits():
+    torch.manual_seed(0)
+    embedding = torch.randn(12, 16)
+    bank = [[3, 4, 5], [6, 7], [8, 9, 10]]
+    draft = DescriptorDraft(in_dim=3, hidden=32, llm_width=16, bank_size=4, bank_tokens=4)
+    draft.set_bank(bank)
+    x = torch.randn(3, 10, 3) * 3
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    empty = bag_of_words_loss(draft(x, mask, embedding), [[], [], []])
+    assert empty.item() == 0.0 and empty.requires_grad  # nothing to learn, still a graph
+    targets = [bank[2], [], bank[0]]  # utterance 1 has no descriptor: it teaches nothing
+    optimizer = torch.optim.Adam(draft.parameters(), lr=1e-2)
+    draft.train()
+    first = None
+    for _ in range(150):
+        loss = bag_of_words_loss(draft(x, mask, embedding), targets)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first
+    draft.eval()
+    _, _, row = draft.retrieve(draft(x, mask, embedding))
+    assert row[0].item() == 2 and row[2].item() == 0
+
+
+def test_draft_tokens_embed_the_retrieved_ids_and_teacher_rows_get_the_reference_cut_to_the_width():
+    embedding = torch.randn(8, 4)
+    ids = torch.tensor([[1, 2, 0], [1, 2, 3], [4, 0, 0]])
+    valid = torch.tensor([[True, True, False], [True, True, True], [True, False, False]])
+    tokens, keep = draft_tokens(ids, valid, embedding, [None, [5, 4, 3, 2, 1], []])
+    assert keep.tolist() == [[True, True, False], [True, True, True], [False, False, False]]
+    assert torch.allclose(tokens[0, :2], embedding[[1, 2]]) and not tokens[0, 2].any()  # row 0: retrieved
+    assert torch.allclose(tokens[1], embedding[[5, 4, 3]])  # row 1: the reference, cut to 3 places
+    assert not tokens[2].any()  # row 2: an empty reference leaves the slot empty
 
 
 def test_valid_tokens_move_to_the_front_in_order():
@@ -58,29 +106,8 @@ def test_valid_tokens_move_to_the_front_in_order():
     assert moved[0, :3, 0].tolist() == [1.0, 3.0, 4.0] and moved_valid.tolist() == [[True, True, True, False, False]]
 
 
-def test_ctc_loss_skips_rows_without_a_descriptor_and_learns_to_write_one():
-    torch.manual_seed(0)
-    embedding = torch.randn(8, 16)
-    draft = DescriptorDraft(in_dim=3, hidden=32, positions=6, llm_width=16)
-    x = torch.randn(3, 10, 3)
-    mask = torch.ones(3, 10, dtype=torch.bool)
-    targets = [[3, 4, 4], [], [5, 6]]
-    empty = ctc_draft_loss(draft(x, mask, embedding), [[], [], []], BLANK)
-    assert empty.item() == 0.0 and empty.requires_grad  # nothing to learn, still a graph
-    optimizer = torch.optim.Adam(draft.parameters(), lr=1e-2)
-    draft.train()
-    for _ in range(150):
-        loss = ctc_draft_loss(draft(x, mask, embedding), targets, BLANK)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    draft.eval()
-    ids, keep = greedy_ids(draft(x, mask, embedding), BLANK)
-    assert ids[0][keep[0]].tolist() == [3, 4, 4] and ids[2][keep[2]].tolist() == [5, 6]
-
-
 def test_running_statistics_update_in_training_only_and_a_single_utterance_uses_them():
-    draft = DescriptorDraft(in_dim=2, hidden=8, positions=3, llm_width=4)
+    draft = DescriptorDraft(in_dim=2, hidden=8, llm_width=4, bank_size=2, bank_tokens=3)
     embedding = torch.randn(5, 4)
     x, mask = torch.randn(4, 7, 2) + 3.0, torch.ones(4, 7, dtype=torch.bool)
     draft.eval()
@@ -103,17 +130,21 @@ def test_teacher_share_falls_from_one_to_zero_over_the_configured_fraction():
 
 # --- the model with a draft -------------------------------------------------------------------------
 @pytest.fixture()
-def draft_model(tiny_model_config):
+def draft_model(tiny_model_config, tiny_batch):
     torch.manual_seed(0)
-    return SpeechEmotionLLM.from_config(dataclasses.replace(tiny_model_config, draft_tokens=40))
+    model = SpeechEmotionLLM.from_config(dataclasses.replace(tiny_model_config, draft_bank_size=8))
+    _, targets = tiny_batch
+    bank = [t["descriptor"] for t in targets] + ["The speaker talks slowly, with a low pitch."]
+    assert model.set_descriptor_bank(bank) == len(set(bank))
+    return model
 
 
-def test_stage2_trains_the_draft_and_its_ctc_loss_is_reported(draft_model, tiny_batch):
+def test_stage2_trains_the_draft_and_its_bag_of_words_loss_is_reported(draft_model, tiny_batch):
     batch, targets = tiny_batch
     draft_model.set_trainable(STAGE_PRESETS["stage2"]["trains"])
     draft_model.train()
     out = draft_model(batch.pcm_BT, batch.lengths_B, targets, "joint", beta={"descriptor": 1e-3})
-    assert out.draft_ctc is not None and "draft_ctc" in out.parts()
+    assert out.draft_bow is not None and "draft_bow" in out.parts()
     out.loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in draft_model.parameter_groups()["descriptor_draft"])
 
@@ -123,7 +154,7 @@ def test_the_no_descriptor_ablation_never_sees_the_draft(draft_model, tiny_batch
     draft_model.set_trainable(STAGE_PRESETS["stage2"]["trains"])
     out = draft_model(batch.pcm_BT, batch.lengths_B, targets, "joint_no_descriptor", draft_teacher_share=1.0)
     out.loss.backward()
-    assert out.draft_ctc is None
+    assert out.draft_bow is None
     assert all(p.grad is None for _, p in draft_model.parameter_groups()["descriptor_draft"])
     assert all(r["descriptor_draft"] is None
                for r in draft_model.predict(batch.pcm_BT, batch.lengths_B, "joint_no_descriptor", max_new_tokens=4))
@@ -143,7 +174,33 @@ def test_teacher_forcing_puts_the_reference_descriptor_in_the_slot(draft_model, 
         assert int(valid[row].sum()) == len(ids) + frames  # the reference, then the frame pseudo-tokens
 
 
-def test_save_load_round_trip_keeps_the_draft_and_its_statistics(draft_model, tiny_batch, tmp_path):
+def test_the_emotion_follows_the_draft_by_default_and_the_generated_descriptor_on_request(draft_model, tiny_batch):
+    batch, targets = tiny_batch
+    own = draft_model.predict(batch.pcm_BT, batch.lengths_B, "joint", max_new_tokens=8)
+    generated = draft_model.predict(batch.pcm_BT, batch.lengths_B, "joint", descriptors="generated", max_new_tokens=8)
+    for a, b in zip(own, generated):
+        assert a["descriptor"] == a["descriptor_draft"] != "" and b["descriptor"] == b["descriptor_generated"]
+        assert a["descriptor_generated"] == b["descriptor_generated"] and a["descriptor_draft"] == b["descriptor_draft"]
+    # the posterior really is scored after the descriptor named: the same prefixes give the same posterior
+    draft_model.eval()  # as predict runs (no sampling in the bottleneck)
+    streams, _, _ = draft_model.encode_for(get_task("joint"), *draft_model.encoder(batch.pcm_BT, batch.lengths_B))
+    for rows in (own, generated):
+        again = draft_model.score_labels(streams, "joint", [{"transcript": r["transcript"], "descriptor": r["descriptor"]}
+                                                             for r in rows])
+        assert torch.allclose(again, torch.tensor([[r["posterior"][k] for k in draft_model.config.labels] for r in rows]),
+                              atol=1e-5)
+    with pytest.raises(ValueError, match="descriptors must be one of"):
+        draft_model.predict(batch.pcm_BT, batch.lengths_B, "joint", descriptors="draft")
+
+
+def test_without_a_bank_the_emotion_follows_the_generated_descriptor(draft_model, tiny_batch):
+    batch, _ = tiny_batch
+    draft_model.set_descriptor_bank([])
+    rows = draft_model.predict(batch.pcm_BT, batch.lengths_B, "joint", max_new_tokens=8)
+    assert all(r["descriptor_draft"] == "" and r["descriptor"] == r["descriptor_generated"] for r in rows)
+
+
+def test_save_load_round_trip_keeps_the_draft_its_statistics_and_its_bank(draft_model, tiny_batch, tmp_path):
     batch, targets = tiny_batch
     draft_model.train()
     draft_model(batch.pcm_BT, batch.lengths_B, targets, "joint")  # moves the running statistics
@@ -154,7 +211,26 @@ def test_save_load_round_trip_keeps_the_draft_and_its_statistics(draft_model, ti
     save_trainable(draft_model, tmp_path / "ckpt")
     loaded = load_model(tmp_path / "ckpt").eval()
     assert torch.equal(loaded.draft.running_mean, draft_model.draft.running_mean)
+    assert torch.equal(loaded.draft.bank_ids, draft_model.draft.bank_ids)
     pa = draft_model.predict(batch.pcm_BT, batch.lengths_B, "joint", max_new_tokens=6)
     pb = loaded.predict(batch.pcm_BT, batch.lengths_B, "joint", max_new_tokens=6)
     assert [r["descriptor_draft"] for r in pa] == [r["descriptor_draft"] for r in pb]
+    bank = {draft_model.prompts.decode([i for i in row if i >= 0]) for row in draft_model.draft.bank_ids.tolist()}
+    assert all(r["descriptor_draft"] in bank for r in pa)  # a draft is always one of the bank's descriptors
     assert [r["posterior"] for r in pa] == [r["posterior"] for r in pb]
+
+
+def test_the_launcher_fills_the_bank_with_distinct_training_descriptors_only(synth_shards):
+    import pyarrow.dataset as pads
+
+    from sed_ray.data.stream import shard_files
+    from sed_ray.train.launcher import descriptor_bank
+
+    table = pads.dataset(shard_files(synth_shards), format="parquet").to_table(columns=["split", "descriptor"])
+    train = {" ".join(d.split()) for s, d in zip(table.column("split").to_pylist(), table.column("descriptor").to_pylist())
+             if s == "train"}
+    bank = descriptor_bank(synth_shards, "train", 10_000, seed=0)
+    assert len(bank) == len(set(bank)) and set(bank) == train
+    few = descriptor_bank(synth_shards, "train", 5, seed=3)
+    assert len(few) == 5 and set(few) <= train and few == descriptor_bank(synth_shards, "train", 5, seed=3)
+    assert descriptor_bank(synth_shards, "train", 0, seed=0) == []

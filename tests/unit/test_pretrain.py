@@ -40,3 +40,16 @@ def test_encoder_pretraining_lowers_its_loss():
     losses = pretrain_encoder(encoder, audio, steps=120, batch_size=4, units=8, lr=3e-3)
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])  # about 2.1 -> 1.1 measured
     assert not encoder.training  # handed back frozen-ready, in eval mode
+
+
+def test_lm_sequences_repeat_a_text_after_another_in_the_configured_share():
+    from sed_ray.model.pretrain import lm_sequence
+
+    texts = [f"text{i}" for i in range(50)]
+    rng = np.random.default_rng(0)
+    sequences = [lm_sequence(texts, rng, copy_share=0.5) for _ in range(400)]
+    copies = [s.split() for s in sequences if len(s.split()) == 3]
+    assert all(parts[0] == parts[2] and parts[0] in texts and parts[1] in texts for parts in copies)
+    assert all(s in texts for s in sequences if len(s.split()) == 1)
+    assert 0.4 < len(copies) / len(sequences) < 0.6
+    assert all(lm_sequence(texts, rng, copy_share=0.0) in texts for _ in range(20))
