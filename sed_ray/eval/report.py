@@ -181,15 +181,19 @@ def write_report(out: str | Path, metrics: dict, predictions: list[dict], *, tit
         (figures_dir / f"{name}.png").write_bytes(png)
 
     esc = html.escape
-    drafted = any(p.get("descriptor_draft") is not None for p in predictions[:sample_size])
+    sample = predictions[:sample_size]
+    # Next to the descriptor the emotion was scored after: the model's other descriptor, where it differs
+    # (the LLM's generated one when the emotion followed the draft, the draft when it followed the LLM).
+    others = [(key, header) for key, header in (("descriptor_draft", "descriptor draft (retrieved)"),
+                                                ("descriptor_generated", "descriptor the LLM generated"))
+              if any(p.get(key) is not None and p.get(key) != p.get("descriptor_hyp") for p in sample)]
     rows = "".join(
         f"<tr><td>{esc(str(p.get('id')))}</td><td>{esc(str(p.get('emotion_true')))}</td>"
         f"<td class='{'ok' if p.get('emotion_true') == p.get('emotion_pred') else 'bad'}'>{esc(str(p.get('emotion_pred')))}</td>"
-        f"<td>{esc(str(p.get('descriptor_ref') or ''))}</td>"
-        + (f"<td>{esc(str(p.get('descriptor_draft') or ''))}</td>" if drafted else "") +
-        f"<td>{esc(str(p.get('descriptor_hyp') or ''))}</td>"
+        f"<td>{esc(str(p.get('descriptor_ref') or ''))}</td><td>{esc(str(p.get('descriptor_hyp') or ''))}</td>"
+        + "".join(f"<td>{esc(str(p.get(key) or ''))}</td>" for key, _ in others) +
         f"<td>{esc(str(p.get('text_ref') or ''))}</td><td>{esc(str(p.get('text_hyp') or ''))}</td></tr>"
-        for p in predictions[:sample_size])
+        for p in sample)
     keys = ("ua", "wa", "macro_f1", "wer", "bleu4", "meteor", "rouge_l", "cider", "spice")
     table = "".join(f"<tr><th>{k}</th><td>{'n/a' if metrics.get(k) is None else f'{metrics[k]:.4f}'}</td></tr>"
                     for k in keys)
@@ -201,7 +205,7 @@ def write_report(out: str | Path, metrics: dict, predictions: list[dict], *, tit
         f"<figure><img class='figure' alt='{esc(caption)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
         f"<figcaption>{esc(caption)} (<a href='figures/{name}.png'>PNG</a>)</figcaption></figure>"
         for name, caption, png in figures)
-    draft_header = "<th>descriptor draft (the model's first guess)</th>" if drafted else ""
+    other_headers = "".join(f"<th>{header}</th>" for _, header in others)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>
@@ -220,7 +224,7 @@ img.figure {{ max-width: 100%; border: 1px solid #ddd; }} figure {{ margin: 1.5r
 {f'<h2>Disentanglement (silhouette of pooled latents)</h2><table>{silhouettes}</table>' if silhouettes else ''}
 <h2>Figures</h2>{images}
 <h2>Explanations: a sample of utterances</h2>
-<table><tr><th>id</th><th>true emotion</th><th>predicted</th><th>reference descriptor</th>{draft_header}<th>predicted descriptor</th>
+<table><tr><th>id</th><th>true emotion</th><th>predicted</th><th>reference descriptor</th><th>predicted descriptor (the emotion follows it)</th>{other_headers}
 <th>reference transcript</th><th>predicted transcript</th></tr>{rows}</table>
 <script>
 window.addEventListener("load", function () {{

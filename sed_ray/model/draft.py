@@ -5,7 +5,7 @@ steps to read *text* put in the speaking-style slot, but not to build an utteran
 from continuous frame pseudo-tokens; it falls back to the one cue that is free, the utterance's length.
 
 The draft gives the descriptor branch a direct path to text, by retrieval:
-- pooled statistics of the branch's layer-weighted features -> an MLP -> one vector in the LLM's
+- pooled statistics of each of the encoder's hidden states -> an MLP -> one vector in the LLM's
   embedding space -> log-probabilities over the LLM's vocabulary (scored against its frozen input
   embeddings, so the head scales to any vocabulary);
 - trained as a bag of words: the mean log-probability of the reference descriptor's tokens;
@@ -18,7 +18,8 @@ hundred steps what a CTC head writing the sentence token by token did not (per-c
 voices 0.68-0.87 against 0.39-0.71). The bank lives in the model's buffers, so a checkpoint carries it.
 Off in the paper's model (`ModelConfig.draft_bank_size = 0`); the tiny preset turns it on.
 
-Shape legend: B batch, F frames, D feature width, V vocabulary, H LLM width, K bank size, L bank tokens.
+Shape legend: L layers (hidden states), B batch, F frames, D feature width, V vocabulary, H LLM width,
+K bank size, T bank tokens.
 """
 
 from __future__ import annotations
@@ -39,16 +40,18 @@ def pooled_statistics(x_BFD: torch.Tensor, mask_BF: torch.Tensor) -> torch.Tenso
 
 
 class DescriptorDraft(nn.Module):
-    def __init__(self, in_dim: int, hidden: int, llm_width: int, bank_size: int, bank_tokens: int,
-                 momentum: float = 0.1) -> None:
+    def __init__(self, layers: int, in_dim: int, hidden: int, llm_width: int, bank_size: int, bank_tokens: int) -> None:
         super().__init__()
-        self.momentum = momentum
-        stats = 2 * in_dim + 1
+        stats = layers * (2 * in_dim + 1)
         # Each pooled feature is standardised across utterances (what the measured heads needed to learn
-        # in a few hundred steps), always by running estimates that training updates: a training batch's
-        # own statistics would differ from inference's, since the loader buckets utterances by length.
-        self.register_buffer("running_mean", torch.zeros(stats))
-        self.register_buffer("running_var", torch.ones(stats))
+        # in a few hundred steps) by the mean and variance of every training utterance seen so far. Not a
+        # batch's own statistics, nor a moving average: the loader buckets utterances by length, so the
+        # last few batches are all long or all short, and a moving average of them ends up off by most of
+        # a standard deviation on the length feature (measured: 0.8). The input is the frozen encoder's,
+        # so the exact average over everything seen is the right one.
+        self.register_buffer("seen", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("stat_sum", torch.zeros(stats, dtype=torch.float64))
+        self.register_buffer("stat_sum_sq", torch.zeros(stats, dtype=torch.float64))
         self.net = nn.Sequential(nn.Linear(stats, hidden), nn.ReLU(), nn.Linear(hidden, llm_width))
         self.register_buffer("bank_ids", torch.full((bank_size, bank_tokens), BANK_PAD, dtype=torch.int32))
 
@@ -70,24 +73,35 @@ class DescriptorDraft(nn.Module):
     def bank_log_prior(self, vocab: int) -> torch.Tensor:
         """log p(token) over the bank: each descriptor's bag of words, averaged (V; tokens absent from the
         bank get the smallest probability seen, so they never look informative)."""
-        bank_KL = self.bank_ids[:self.bank_count].long()
-        valid_KL = bank_KL != BANK_PAD
-        weight_KL = valid_KL / valid_KL.sum(-1, keepdim=True)
-        prior_V = torch.zeros(vocab, device=bank_KL.device).index_add_(0, bank_KL[valid_KL], weight_KL[valid_KL].float())
+        bank_KT = self.bank_ids[:self.bank_count].long()
+        valid_KT = bank_KT != BANK_PAD
+        weight_KT = valid_KT / valid_KT.sum(-1, keepdim=True)
+        prior_V = torch.zeros(vocab, device=bank_KT.device).index_add_(0, bank_KT[valid_KT], weight_KT[valid_KT].float())
         prior_V = prior_V / prior_V.sum()
         return prior_V.clamp(min=float(prior_V[prior_V > 0].min())).log()
 
+    def feature_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the pooled features over the training utterances seen (0 and 1 before any)."""
+        if float(self.seen) == 0:
+            return torch.zeros_like(self.stat_sum, dtype=torch.float32), torch.ones_like(self.stat_sum, dtype=torch.float32)
+        mean = self.stat_sum / self.seen
+        var = (self.stat_sum_sq / self.seen - mean ** 2).clamp(min=0.0)
+        return mean.float(), var.float()
+
     # --- scoring ------------------------------------------------------------------------------------
-    def forward(self, x_BFD: torch.Tensor, mask_BF: torch.Tensor, embedding_VH: torch.Tensor) -> torch.Tensor:
-        """-> log-probabilities B x V over the LLM's vocabulary: the bag of words the utterance's
-        descriptor is expected to use."""
-        stats_BS = pooled_statistics(x_BFD.float(), mask_BF)
-        if self.training and stats_BS.shape[0] > 1:  # one utterance has no spread to learn from
+    def forward(self, hidden_LBFD: torch.Tensor, mask_BF: torch.Tensor, embedding_VH: torch.Tensor) -> torch.Tensor:
+        """Encoder hidden states -> log-probabilities B x V over the LLM's vocabulary: the bag of words the
+        utterance's descriptor is expected to use. Every layer is pooled on its own: a layer-weighted sum
+        loses cues that single layers keep (docs/benchmarks.md, "Fifth stop")."""
+        stats_BS = torch.cat([pooled_statistics(x_BFD.float(), mask_BF) for x_BFD in hidden_LBFD], dim=-1)
+        if self.training:
             with torch.no_grad():
-                batch = stats_BS.detach()
-                self.running_mean.lerp_(batch.mean(0), self.momentum)
-                self.running_var.lerp_(batch.var(0), self.momentum)
-        normed_BS = (stats_BS - self.running_mean) / torch.sqrt(self.running_var + 1e-5)
+                batch = stats_BS.detach().double()
+                self.seen += batch.shape[0]
+                self.stat_sum += batch.sum(0)
+                self.stat_sum_sq += (batch ** 2).sum(0)
+        mean_S, var_S = self.feature_moments()
+        normed_BS = (stats_BS - mean_S) / torch.sqrt(var_S + 1e-5)
         weight_VH = embedding_VH.detach()
         # in the embedding's dtype: a float32 copy of an 8B model's 128k x 4096 matrix would cost 2 GB
         logits_BV = self.net(normed_BS).to(weight_VH.dtype) @ weight_VH.T
@@ -95,7 +109,7 @@ class DescriptorDraft(nn.Module):
 
     def retrieve(self, logp_BV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The best bank descriptor per utterance, by the mean pointwise mutual information of its tokens ->
-        (ids B x L, valid B x L, bank row B; -1 and nothing valid when the bank is empty)."""
+        (ids B x T, valid B x T, bank row B; -1 and nothing valid when the bank is empty)."""
         count = self.bank_count
         width = self.bank_ids.shape[1]
         if count == 0:
@@ -103,15 +117,15 @@ class DescriptorDraft(nn.Module):
             return (torch.zeros(batch, width, dtype=torch.long, device=logp_BV.device),
                     torch.zeros(batch, width, dtype=torch.bool, device=logp_BV.device),
                     torch.full((batch,), -1, dtype=torch.long, device=logp_BV.device))
-        bank_KL = self.bank_ids[:count].long()
-        valid_KL = bank_KL != BANK_PAD
+        bank_KT = self.bank_ids[:count].long()
+        valid_KT = bank_KT != BANK_PAD
         # Pointwise mutual information, log p(token | audio) - log p(token): words every descriptor uses
         # ("the", "with", commas) cancel, and the choice rests on the words that tell descriptors apart.
         gain_BV = logp_BV.detach() - self.bank_log_prior(logp_BV.shape[-1]).to(logp_BV.device)
-        token_gain_BKL = gain_BV[:, bank_KL.clamp(min=0)] * valid_KL
-        score_BK = token_gain_BKL.sum(-1) / valid_KL.sum(-1)
+        token_gain_BKT = gain_BV[:, bank_KT.clamp(min=0)] * valid_KT
+        score_BK = token_gain_BKT.sum(-1) / valid_KT.sum(-1)
         best_B = score_BK.argmax(-1)
-        return bank_KL[best_B].clamp(min=0), valid_KL[best_B], best_B
+        return bank_KT[best_B].clamp(min=0), valid_KT[best_B], best_B
 
 
 def bag_of_words_loss(logp_BV: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
@@ -124,22 +138,22 @@ def bag_of_words_loss(logp_BV: torch.Tensor, targets: list[list[int]]) -> torch.
     return torch.stack(per_row).mean()
 
 
-def draft_tokens(ids_BL: torch.Tensor, valid_BL: torch.Tensor, embedding_VH: torch.Tensor,
+def draft_tokens(ids_BT: torch.Tensor, valid_BT: torch.Tensor, embedding_VH: torch.Tensor,
                  references: list[list[int] | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token embeddings B x L x H, valid B x L) for the slot: the retrieved descriptors, except that a
-    row whose `references[i]` is a list gets those ids instead (teacher forcing, cut to L)."""
-    ids_BL, valid_BL = ids_BL.clone(), valid_BL.clone()
+    """(token embeddings B x T x H, valid B x T) for the slot: the retrieved descriptors, except that a
+    row whose `references[i]` is a list gets those ids instead (teacher forcing, cut to T)."""
+    ids_BT, valid_BT = ids_BT.clone(), valid_BT.clone()
     for row, ids in enumerate(references or []):
         if ids is None:
             continue
-        ids = list(ids)[:ids_BL.shape[1]]
-        ids_BL[row] = 0
-        valid_BL[row] = False
+        ids = list(ids)[:ids_BT.shape[1]]
+        ids_BT[row] = 0
+        valid_BT[row] = False
         if ids:
-            ids_BL[row, :len(ids)] = torch.tensor(ids, device=ids_BL.device)
-            valid_BL[row, :len(ids)] = True
+            ids_BT[row, :len(ids)] = torch.tensor(ids, device=ids_BT.device)
+            valid_BT[row, :len(ids)] = True
     weight_VH = embedding_VH.detach()
-    return weight_VH[ids_BL] * valid_BL[..., None].to(weight_VH.dtype), valid_BL
+    return weight_VH[ids_BT] * valid_BT[..., None].to(weight_VH.dtype), valid_BT
 
 
 def valid_first(tokens_BNH: torch.Tensor, valid_BN: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

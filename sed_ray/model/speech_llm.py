@@ -53,8 +53,8 @@ class LossOutput:
 class DraftGuess:
     """What the descriptor draft made of a batch: its bag of words and the bank descriptor it chose."""
     logp_BV: torch.Tensor  # log-probabilities over the vocabulary (what the bag-of-words loss trains)
-    ids_BL: torch.Tensor  # the chosen descriptor's token ids
-    valid_BL: torch.Tensor  # which of them are real tokens
+    ids_BT: torch.Tensor  # the chosen descriptor's token ids
+    valid_BT: torch.Tensor  # which of them are real tokens
     bank_row_B: torch.Tensor  # which bank descriptor was chosen (-1: the bank is empty)
 
 
@@ -72,8 +72,8 @@ class SpeechEmotionLLM(nn.Module):
                                                              config.bottleneck_init_logvar) for b in BRANCHES})
         self.adapters = nn.ModuleDict({b: Adapter(config.latent_dim, config.stack_frames, config.adapter_hidden, width)
                                        for b in BRANCHES})
-        self.draft = (DescriptorDraft(dim, config.draft_hidden, width, config.draft_bank_size, config.draft_bank_tokens)
-                      if config.draft_bank_size else None)
+        self.draft = (DescriptorDraft(layers, dim, config.draft_hidden, width, config.draft_bank_size,
+                                      config.draft_bank_tokens) if config.draft_bank_size else None)
 
     # --- building -----------------------------------------------------------------------------------
     @classmethod
@@ -157,17 +157,17 @@ class SpeechEmotionLLM(nn.Module):
         if not self.uses_draft(task):
             return streams, kls, None
         embedding = self.llm.get_input_embeddings().weight
-        logp_BV = self.draft(self.blocks["descriptor"].layer_sum(hidden_LBFD), mask_BF, embedding)
+        logp_BV = self.draft(hidden_LBFD, mask_BF, embedding)
         guess = DraftGuess(logp_BV, *self.draft.retrieve(logp_BV))
-        tokens_BLH, valid_BL = draft_tokens(guess.ids_BL, guess.valid_BL, embedding, draft_references)
+        tokens_BTH, valid_BT = draft_tokens(guess.ids_BT, guess.valid_BT, embedding, draft_references)
         frames_BNH, frames_mask_BN = streams["descriptor"]
-        streams["descriptor"] = valid_first(torch.cat([tokens_BLH.to(frames_BNH.dtype), frames_BNH], dim=1),
-                                            torch.cat([valid_BL, frames_mask_BN.bool()], dim=1))
+        streams["descriptor"] = valid_first(torch.cat([tokens_BTH.to(frames_BNH.dtype), frames_BNH], dim=1),
+                                            torch.cat([valid_BT, frames_mask_BN.bool()], dim=1))
         return streams, kls, guess
 
     def draft_texts(self, guess: "DraftGuess") -> list[str]:
         """The retrieved descriptors as text ("" where the bank was empty)."""
-        return [self.prompts.decode(ids[valid].tolist()) for ids, valid in zip(guess.ids_BL, guess.valid_BL)]
+        return [self.prompts.decode(ids[valid].tolist()) for ids, valid in zip(guess.ids_BT, guess.valid_BT)]
 
     def _assemble(self, task: Task, streams, targets: list[list[int]], scored: list[list[bool]],
                   repeat: int = 1):

@@ -15,10 +15,17 @@ WEIGHTS = "trainable.safetensors"
 CONFIG = "model_config.json"
 
 
+def storable(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy to save: half-precision floats as float32; float64 (the draft's feature sums) and integers
+    (its bank of token ids) as they are."""
+    dtype = torch.float32 if tensor.is_floating_point() and tensor.dtype != torch.float64 else tensor.dtype
+    return tensor.detach().to("cpu", dtype).contiguous()
+
+
 def save_trainable(model, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in model.trainable_state_dict().items()}
+    state = {name: storable(t) for name, t in model.trainable_state_dict().items()}
     save_file(state, str(folder / WEIGHTS), metadata={"format": "sed-ray", "version": "1"})
     (folder / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
     return folder

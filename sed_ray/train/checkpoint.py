@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sed_ray.model.weights import load_trainable
+from sed_ray.model.weights import load_trainable, storable
 
 POSITION = "position.json"
 OPTIMIZER = "optimizer.safetensors"
@@ -46,7 +46,7 @@ def write_checkpoint(model_state: dict[str, torch.Tensor], config_dict: dict, op
     """Write a checkpoint folder under a fresh temporary directory and return it (rank 0 only)."""
     folder = Path(tempfile.mkdtemp(prefix="sed-ray-ckpt-", dir=staging_root))
     (folder / "model").mkdir()
-    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model_state.items()},
+    save_file({k: storable(v) for k, v in model_state.items()},
               str(folder / "model" / "trainable.safetensors"), metadata={"format": "sed-ray", "version": "1"})
     (folder / "model" / "model_config.json").write_text(json.dumps(config_dict, indent=2))
     save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in optimizer_state.items()},

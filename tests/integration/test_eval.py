@@ -40,6 +40,9 @@ def test_evaluate_writes_metrics_predictions_and_report(evaluation, synth_shards
         sorted((synth_shards / "shards").glob("*.parquet")), columns=["split", "descriptor"]).to_pylist()
         if r["split"] == "train"}
     assert all(p["descriptor_draft"] in train_descriptors for p in predictions)
+    # by default the emotion follows the draft; the LLM's own descriptor is kept and scored beside it
+    assert all(p["descriptor_hyp"] == p["descriptor_draft"] for p in predictions)
+    assert set(metrics["descriptor_generated"]) == {"bleu4", "cider"}
     assert set(metrics["silhouette"]) == {"content_by_emotion", "content_by_speaker", "descriptor_by_emotion",
                                           "descriptor_by_speaker"}
     figures = sorted(p.name for p in (evaluation / "figures").glob("*.png"))
@@ -75,9 +78,10 @@ def test_report_renders_in_headless_chromium_with_every_figure(evaluation, tmp_p
     assert "<h2>Metrics</h2>" in dom and "Explanations" in dom
     listening = dom[dom.index("<h2>Listening check</h2>"):]
     assert all(f"<th>{column}</th>" in listening for column in ("whole target", "transcript", "descriptor", "emotion"))
-    explanations = dom[dom.index("Explanations"):]  # the draft's guess sits between reference and prediction
-    assert re.search(r"<th>reference descriptor</th>\s*<th>descriptor draft[^<]*</th>\s*<th>predicted descriptor</th>",
-                     explanations)
+    # the emotion followed the draft, so the LLM's own (different) descriptor is shown beside it
+    explanations = dom[dom.index("Explanations"):]
+    assert re.search(r"<th>reference descriptor</th>\s*<th>predicted descriptor \(the emotion follows it\)</th>"
+                     r"\s*<th>descriptor the LLM generated</th>", explanations)
 
 
 def test_infer_reports_broken_files_and_predicts_the_rest(tiny_checkpoint, tmp_path, ray_cluster, capsys):

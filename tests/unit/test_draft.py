@@ -21,7 +21,7 @@ def test_pooled_statistics_ignore_padding():
 
 
 def test_the_bank_keeps_non_empty_descriptors_cut_to_its_width_and_size():
-    draft = DescriptorDraft(in_dim=2, hidden=8, llm_width=4, bank_size=2, bank_tokens=3)
+    draft = DescriptorDraft(layers=1, in_dim=2, hidden=8, llm_width=4, bank_size=2, bank_tokens=3)
     draft.set_bank([[], [1, 2, 3, 4], [5], [6, 7]])
     assert draft.bank_count == 2
     assert draft.bank_ids.tolist() == [[1, 2, 3], [5, BANK_PAD, BANK_PAD]]
@@ -30,7 +30,7 @@ def test_the_bank_keeps_non_empty_descriptors_cut_to_its_width_and_size():
 
 
 def test_retrieval_picks_the_descriptor_with_the_best_mean_token_log_probability():
-    draft = DescriptorDraft(in_dim=2, hidden=8, llm_width=4, bank_size=4, bank_tokens=3)
+    draft = DescriptorDraft(layers=1, in_dim=2, hidden=8, llm_width=4, bank_size=4, bank_tokens=3)
     draft.set_bank([[0, 1], [2, 3, 3], [4]])
     logp = torch.log_softmax(torch.tensor([[0.0, 0.0, 5.0, 5.0, 4.0, 0.0],    # 2 and 3 likely: row 1
                                            [0.0, 0.0, 0.0, 0.0, 5.0, 0.0],    # 4 alone: row 2, not diluted
@@ -41,7 +41,7 @@ def test_retrieval_picks_the_descriptor_with_the_best_mean_token_log_probability
 
 
 def test_retrieval_scores_pointwise_mutual_information_so_words_every_descriptor_uses_do_not_decide():
-    draft = DescriptorDraft(in_dim=2, hidden=8, llm_width=4, bank_size=4, bank_tokens=4)
+    draft = DescriptorDraft(layers=1, in_dim=2, hidden=8, llm_width=4, bank_size=4, bank_tokens=4)
     bank = [[0, 0, 0, 1], [0, 2], [0, 3]]  # token 0 is in every descriptor, as "the" would be
     draft.set_bank(bank)
     prior = torch.zeros(5)
@@ -57,7 +57,7 @@ def test_retrieval_scores_pointwise_mutual_information_so_words_every_descriptor
 
 
 def test_an_empty_bank_retrieves_nothing():
-    draft = DescriptorDraft(in_dim=2, hidden=8, llm_width=4, bank_size=4, bank_tokens=3)
+    draft = DescriptorDraft(layers=1, in_dim=2, hidden=8, llm_width=4, bank_size=4, bank_tokens=3)
     ids, valid, row = draft.retrieve(torch.log_softmax(torch.randn(2, 6), -1))
     assert not valid.any() and row.tolist() == [-1, -1] and ids.shape == (2, 3)
 
@@ -66,9 +66,9 @@ def test_bag_of_words_loss_skips_rows_without_a_descriptor_and_learns_which_desc
     torch.manual_seed(0)
     embedding = torch.randn(12, 16)
     bank = [[3, 4, 5], [6, 7], [8, 9, 10]]
-    draft = DescriptorDraft(in_dim=3, hidden=32, llm_width=16, bank_size=4, bank_tokens=4)
+    draft = DescriptorDraft(layers=2, in_dim=3, hidden=32, llm_width=16, bank_size=4, bank_tokens=4)
     draft.set_bank(bank)
-    x = torch.randn(3, 10, 3) * 3
+    x = torch.randn(2, 3, 10, 3) * 3  # two hidden states of three utterances
     mask = torch.ones(3, 10, dtype=torch.bool)
     empty = bag_of_words_loss(draft(x, mask, embedding), [[], [], []])
     assert empty.item() == 0.0 and empty.requires_grad  # nothing to learn, still a graph
@@ -106,19 +106,25 @@ def test_valid_tokens_move_to_the_front_in_order():
     assert moved[0, :3, 0].tolist() == [1.0, 3.0, 4.0] and moved_valid.tolist() == [[True, True, True, False, False]]
 
 
-def test_running_statistics_update_in_training_only_and_a_single_utterance_uses_them():
-    draft = DescriptorDraft(in_dim=2, hidden=8, llm_width=4, bank_size=2, bank_tokens=3)
+def test_feature_statistics_are_exact_over_every_training_utterance_and_frozen_in_eval():
+    draft = DescriptorDraft(layers=1, in_dim=2, hidden=8, llm_width=4, bank_size=2, bank_tokens=3)
     embedding = torch.randn(5, 4)
-    x, mask = torch.randn(4, 7, 2) + 3.0, torch.ones(4, 7, dtype=torch.bool)
+    first, second = torch.randn(1, 4, 7, 2) + 3.0, torch.randn(1, 1, 7, 2) * 2.0  # a batch of one counts too
+    mask = torch.ones(4, 7, dtype=torch.bool)
     draft.eval()
-    draft(x, mask, embedding)
-    assert torch.equal(draft.running_mean, torch.zeros(5))
+    draft(first, mask, embedding)
+    mean, var = draft.feature_moments()
+    assert torch.equal(mean, torch.zeros(5)) and torch.equal(var, torch.ones(5))  # nothing seen yet
     draft.train()
-    draft(x, mask, embedding)
-    assert draft.running_mean.abs().sum() > 0
-    before = draft.running_mean.clone()
-    draft(x[:1], mask[:1], embedding)  # one utterance has no batch spread: no error, no update
-    assert torch.equal(draft.running_mean, before)
+    draft(first, mask, embedding)
+    draft(second, mask[:1], embedding)
+    pooled = torch.cat([pooled_statistics(first[0], mask), pooled_statistics(second[0], mask[:1])])
+    mean, var = draft.feature_moments()
+    assert torch.allclose(mean, pooled.mean(0), atol=1e-5)
+    assert torch.allclose(var, pooled.var(0, unbiased=False), atol=1e-4)
+    draft.eval()
+    draft(torch.randn(1, 4, 7, 2) * 9, mask, embedding)  # inference leaves them as they are
+    assert torch.allclose(draft.feature_moments()[0], mean)
 
 
 def test_teacher_share_falls_from_one_to_zero_over_the_configured_fraction():
@@ -210,7 +216,7 @@ def test_save_load_round_trip_keeps_the_draft_its_statistics_and_its_bank(draft_
     draft_model.eval()
     save_trainable(draft_model, tmp_path / "ckpt")
     loaded = load_model(tmp_path / "ckpt").eval()
-    assert torch.equal(loaded.draft.running_mean, draft_model.draft.running_mean)
+    assert torch.equal(loaded.draft.stat_sum, draft_model.draft.stat_sum) and float(loaded.draft.seen) > 0
     assert torch.equal(loaded.draft.bank_ids, draft_model.draft.bank_ids)
     pa = draft_model.predict(batch.pcm_BT, batch.lengths_B, "joint", max_new_tokens=6)
     pb = loaded.predict(batch.pcm_BT, batch.lengths_B, "joint", max_new_tokens=6)
