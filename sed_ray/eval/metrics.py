@@ -65,20 +65,35 @@ def spice_available() -> tuple[bool, str]:
     return True, ""
 
 
-def caption_scores(references: list[str], hypotheses: list[str]) -> dict:
-    """coco-caption BLEU@4, METEOR, ROUGE-L, CIDEr and SPICE (one reference per utterance)."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
-    from pycocoevalcap.rouge.rouge import Rouge
+def _tokenized(references: list[str], hypotheses: list[str]) -> tuple[dict, dict]:
+    """coco-caption's PTB tokenisation of one reference and one hypothesis per utterance."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({i: [{"caption": r}] for i, r in enumerate(references)})
-    res = tokenizer.tokenize({i: [{"caption": h}] for i, h in enumerate(hypotheses)})
-    scores = {"bleu4": float(Bleu(4).compute_score(gts, res, verbose=0)[0][3]),
-              "rouge_l": float(Rouge().compute_score(gts, res)[0]),
-              "cider": float(Cider().compute_score(gts, res)[0])}
+    return (tokenizer.tokenize({i: [{"caption": r}] for i, r in enumerate(references)}),
+            tokenizer.tokenize({i: [{"caption": h}] for i, h in enumerate(hypotheses)}))
+
+
+def _bleu4_cider(gts: dict, res: dict) -> dict:
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    return {"bleu4": float(Bleu(4).compute_score(gts, res, verbose=0)[0][3]),
+            "cider": float(Cider().compute_score(gts, res)[0])}
+
+
+def bleu_cider(references: list[str], hypotheses: list[str]) -> dict:
+    """coco-caption BLEU@4 and CIDEr alone (no Java scorers)."""
+    return _bleu4_cider(*_tokenized(references, hypotheses))
+
+
+def caption_scores(references: list[str], hypotheses: list[str]) -> dict:
+    """coco-caption BLEU@4, METEOR, ROUGE-L, CIDEr and SPICE (one reference per utterance)."""
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts, res = _tokenized(references, hypotheses)
+    scores = {**_bleu4_cider(gts, res), "rouge_l": float(Rouge().compute_score(gts, res)[0])}
     meteor = Meteor()  # a Java subprocess, ended when the object is collected
     scores["meteor"] = float(meteor.compute_score(gts, res)[0])
     del meteor
@@ -92,19 +107,6 @@ def caption_scores(references: list[str], hypotheses: list[str]) -> dict:
         scores["spice"] = None
         notes.append(why)
     return {**scores, "notes": notes}
-
-
-def bleu_cider(references: list[str], hypotheses: list[str]) -> dict:
-    """coco-caption BLEU@4 and CIDEr alone."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-    tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({i: [{"caption": r}] for i, r in enumerate(references)})
-    res = tokenizer.tokenize({i: [{"caption": h}] for i, h in enumerate(hypotheses)})
-    return {"bleu4": float(Bleu(4).compute_score(gts, res, verbose=0)[0][3]),
-            "cider": float(Cider().compute_score(gts, res)[0])}
 
 
 def score_records(records: list[dict], labels: list[str] | None = None) -> dict:

@@ -33,7 +33,7 @@ class ModelConfig:
     bottleneck_init_logvar: float = -4.6
     stack_frames: int = 5  # k: frames stacked per LLM pseudo-token (50 Hz -> 10 Hz)
     adapter_hidden: int = 2048  # hidden width of the ReLU adapter
-    # Descriptor draft (model/draft.py), not in the paper: a bag-of-words head on the descriptor branch
+    # Descriptor draft (model/draft.py), not in the paper: a bag-of-words head on the pooled encoder states
     # picks the best-fitting training descriptor from a bank and puts its tokens at the front of the
     # speaking-style slot, for tasks that generate a descriptor. Bank size 0 = off (the paper's model).
     draft_bank_size: int = 0  # training descriptors the draft chooses from (the launcher fills the bank)

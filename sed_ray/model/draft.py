@@ -4,7 +4,7 @@ Why (measured in docs/benchmarks.md, "Diagnosis" and "Fifth stop"): a small LLM 
 steps to read *text* put in the speaking-style slot, but not to build an utterance-level description
 from continuous frame pseudo-tokens; it falls back to the one cue that is free, the utterance's length.
 
-The draft gives the descriptor branch a direct path to text, by retrieval:
+The draft gives the speaking-style slot a direct path from the audio to text, by retrieval:
 - pooled statistics of each of the encoder's hidden states -> an MLP -> one vector in the LLM's
   embedding space -> log-probabilities over the LLM's vocabulary (scored against its frozen input
   embeddings, so the head scales to any vocabulary);
@@ -15,7 +15,7 @@ The draft gives the descriptor branch a direct path to text, by retrieval:
 
 A retrieved draft is always a fluent descriptor someone wrote, and the bag of words learns in a few
 hundred steps what a CTC head writing the sentence token by token did not (per-cue accuracy on held-out
-voices 0.68-0.87 against 0.39-0.71). The bank lives in the model's buffers, so a checkpoint carries it.
+voices 0.70-0.83 against 0.39-0.71). The bank lives in the model's buffers, so a checkpoint carries it.
 Off in the paper's model (`ModelConfig.draft_bank_size = 0`); the tiny preset turns it on.
 
 Shape legend: L layers (hidden states), B batch, F frames, D feature width, V vocabulary, H LLM width,

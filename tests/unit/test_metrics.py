@@ -63,6 +63,12 @@ def test_captioning_metrics_equal_pycocoevalcap():
     assert m["rouge_l"] == Rouge().compute_score(gts, res)[0]
     assert m["cider"] == Cider().compute_score(gts, res)[0]
     assert 0 < m["bleu4"] < 1 and m["cider"] > 0
+    assert "descriptor_generated" not in m  # no second descriptor to score
+    # the emotion followed the draft (descriptor_hyp); the LLM's generated descriptor is scored beside it
+    both = score_records([{"descriptor_ref": r, "descriptor_hyp": r, "descriptor_generated": h}
+                          for r, h in zip(DESC_REF, DESC_HYP)])
+    assert both["bleu4"] == pytest.approx(1.0) and both["descriptor_generated"]["bleu4"] == m["bleu4"]
+    assert both["descriptor_generated"]["cider"] == m["cider"]
 
 
 def test_spice_unavailable_is_null_with_a_reason():
