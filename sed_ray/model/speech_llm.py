@@ -54,8 +54,7 @@ class DraftGuess:
     """What the descriptor draft made of a batch: its bag of words and the bank descriptor it chose."""
     logp_BV: torch.Tensor  # log-probabilities over the vocabulary (what the bag-of-words loss trains)
     ids_BT: torch.Tensor  # the chosen descriptor's token ids
-    valid_BT: torch.Tensor  # which of them are real tokens
-    bank_row_B: torch.Tensor  # which bank descriptor was chosen (-1: the bank is empty)
+    valid_BT: torch.Tensor  # which of them are real tokens (none where the bank is empty)
 
 
 class SpeechEmotionLLM(nn.Module):
@@ -158,7 +157,8 @@ class SpeechEmotionLLM(nn.Module):
             return streams, kls, None
         embedding = self.llm.get_input_embeddings().weight
         logp_BV = self.draft(hidden_LBFD, mask_BF, embedding)
-        guess = DraftGuess(logp_BV, *self.draft.retrieve(logp_BV))
+        ids_BT, valid_BT, _ = self.draft.retrieve(logp_BV)
+        guess = DraftGuess(logp_BV, ids_BT, valid_BT)
         tokens_BTH, valid_BT = draft_tokens(guess.ids_BT, guess.valid_BT, embedding, draft_references)
         frames_BNH, frames_mask_BN = streams["descriptor"]
         streams["descriptor"] = valid_first(torch.cat([tokens_BTH.to(frames_BNH.dtype), frames_BNH], dim=1),
