@@ -84,16 +84,21 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(args: argparse.Namespace):
+    from sed_ray.config import InferenceOptions
+
+    return InferenceOptions(task=args.task, descriptors=getattr(args, "descriptors", "predicted"),
+                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+
+
 def _infer(args: argparse.Namespace) -> int:
-    from sed_ray.eval.evaluate import model_folder
     from sed_ray.eval.infer import failed, run_inference, write_predictions
+    from sed_ray.model.weights import model_folder
 
     folder = model_folder(args.checkpoint)  # a wrong checkpoint path costs nothing: checked before clearing
     for stale in ("predictions.parquet", "errors.jsonl"):  # a failed rerun must not leave older results standing
         (Path(args.out) / stale).unlink(missing_ok=True)
-    records = run_inference(str(folder), args.input, task=args.task,
-                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                            num_beams=args.num_beams)
+    records = run_inference(str(folder), args.input, _options(args))
     predictions, errors = write_predictions(records, args.out)
     broken = [r for r in records if failed(r)]
     for record in broken:
@@ -116,9 +121,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             checkpoints[""] = item
     if args.protocol == "split" and len(args.checkpoint) != 1:
         raise ValueError("--protocol split takes exactly one --checkpoint")
-    metrics = evaluate(checkpoints, args.data, args.out, split=args.split, protocol=args.protocol,
-                       descriptors=args.descriptors, task=args.task, run_dir=args.run_dir,
-                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    metrics = evaluate(checkpoints, args.data, args.out, _options(args), split=args.split, protocol=args.protocol,
+                       run_dir=args.run_dir)
     summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("ua", "wa", "wer", "bleu4", "cider") if metrics.get(k) is not None)
     print(f"evaluate: {summary}\n  report: {args.out}/report.html")
     return 0

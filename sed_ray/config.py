@@ -2,8 +2,11 @@
 
 `load_config("run.yaml", ["optim.grad_clip=0.5", "scaling.num_workers=4"])` reads the YAML, applies
 the overrides (they win), and builds the tree; an unknown key or a value of the wrong type raises a
-ValueError that names the dotted key and what is valid. `validate()` collects every problem it can see
-without a cluster and raises them together.
+ValueError that names the dotted key and what is valid. `problems()` lists what is wrong with the
+numbers alone; `train/plan.py` adds the checks against registries, data and checkpoints.
+
+The lowest layer: plain data, importing nothing else of sed-ray. The objects that act on a config
+(beta schedule, stage list, optimiser) are built from it in `train/`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,63 @@ from typing import Any
 
 import yaml
 
-from sed_ray.model.config import LoraSettings, ModelConfig
+# The emotion vocabulary corpora are mapped onto, and the four-class protocol (IEMOCAP's, the default
+# label set a model scores). Here, at the bottom, because both the corpus layer and the model read it.
+CANONICAL_EMOTIONS = ("neutral", "happy", "angry", "sad", "surprised", "fearful", "disgusted")
+FOUR_CLASS = CANONICAL_EMOTIONS[:4]
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "facebook/hubert-large-ll60k"  # hub id or local folder (from_pretrained)
+    llm: str = "meta-llama/Llama-3.1-8B-Instruct"  # hub id or local folder; its tokenizer too
+    encoder_normalize: bool | None = None  # per-utterance zero-mean/unit-variance; None = from the checkpoint
+    latent_dim: int = 256  # Z_con / Z_des width
+    bottleneck_hidden: int = 1024  # hidden width of the mu/logvar perceptron
+    # Starting log-variance of q(z|x). At 0 (variance 1) the sampled z is mostly noise, and with Adam's
+    # small steps a short run never lowers it: both branches stay collapsed (KL ~0.003 nats per frame
+    # in the demo). Starting informative (variance 0.01) lets beta's annealing decide what to drop.
+    bottleneck_init_logvar: float = -4.6
+    stack_frames: int = 5  # k: frames stacked per LLM pseudo-token (50 Hz -> 10 Hz)
+    adapter_hidden: int = 2048  # hidden width of the ReLU adapter
+    # Descriptor draft (model/draft.py), not in the paper: a bag-of-words head on the pooled encoder states
+    # picks the best-fitting training descriptor from a bank and puts its tokens at the front of the
+    # speaking-style slot, for tasks that generate a descriptor. Bank size 0 = off (the paper's model).
+    draft_bank_size: int = 0  # training descriptors the draft chooses from (the launcher fills the bank)
+    draft_bank_tokens: int = 64  # tokens kept per bank descriptor
+    draft_hidden: int = 256  # hidden width of the draft's MLP
+    draft_loss_weight: float = 0.05  # weight of its bag-of-words loss next to the LLM's
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    labels: tuple[str, ...] = FOUR_CLASS  # the emotion label set scored at inference
+    dtype: str = "float32"  # "bfloat16" on GPUs; trainable parts stay in float32
+    system_prompt: str = "You are an expert listener. You describe how people speak and how they feel."
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {sorted(unknown)}; valid: {sorted(known)}")
+        data = dict(data)
+        lora = data.pop("lora", {}) or {}
+        if isinstance(lora, dict):
+            lora = LoraSettings(**{**lora, "target_modules": tuple(lora.get("target_modules", LoraSettings.target_modules))})
+        if "labels" in data:
+            data["labels"] = tuple(data["labels"])
+        return cls(lora=lora, **data)
+
+
 
 
 @dataclass
@@ -139,84 +198,61 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.storage).expanduser().resolve() / self.name
 
-    def stage_schedule(self):
-        from sed_ray.train.stages import StageSchedule, preset_stage
-
-        stages = []
-        for i, s in enumerate(self.schedule.stages):
-            stage = preset_stage(s.preset, s.steps, s.lr, s.name or f"{s.preset}")
-            stage = dataclasses.replace(stage, task=s.task or stage.task, draft_teacher_until=s.draft_teacher_until)
-            stages.append(stage)
-        return StageSchedule(tuple(stages), self.schedule.rounds)
-
-    def beta_schedule(self):
-        from sed_ray.train.schedules import beta_schedule
-
-        if self.beta.kind == "constant":
-            return beta_schedule({"kind": "constant", "value": self.beta.value})
-        steps = self.beta.steps or self.stage_schedule().total_steps
-        return beta_schedule({"kind": self.beta.kind, "start": self.beta.start, "end": self.beta.end, "steps": steps})
-
-    def validate(self) -> None:
-        """Raise one ValueError listing every problem, each naming the key to change."""
-        from sed_ray.train.stages import STAGE_PRESETS
-
-        problems = []
-        for i, s in enumerate(self.schedule.stages):
-            if s.preset not in STAGE_PRESETS:
-                problems.append(f"schedule.stages[{i}].preset: {s.preset!r} is not one of {', '.join(STAGE_PRESETS)}")
-            elif s.steps <= 0:
-                problems.append(f"schedule.stages[{i}].steps: must be > 0 (got {s.steps})")
-        if not any(p.startswith("schedule.stages") for p in problems):
-            problems += [f"schedule: {p}" for p in self.stage_schedule().validate()]
-        try:
-            self.beta_schedule()
-        except ValueError as exc:
-            problems.append(f"beta: {exc}")
+    def problems(self) -> list[str]:
+        """What is wrong with the numbers alone, each naming the key to change (the checks against the
+        registries, the shards and the model checkpoints are `train.plan.validate`'s)."""
         checks = [
             (self.scaling.num_workers >= 1, "scaling.num_workers: must be >= 1"),
             (self.deepspeed.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage: must be 0, 1, 2 or 3"),
-            (self.deepspeed.precision in ("auto", "bf16", "fp32"), "deepspeed.precision: auto, bf16 or fp32"),
             (self.deepspeed.enabled or self.scaling.num_workers == 1,
              "deepspeed.enabled: false runs one worker only; set scaling.num_workers=1 or enable DeepSpeed"),
-            (self.optim.decay in ("cosine", "linear", "constant"), "optim.decay: cosine, linear or constant"),
             (self.optim.grad_accum >= 1, "optim.grad_accum: must be >= 1"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps: must be >= 0"),
             (self.checkpoint.every_steps >= 1, "checkpoint.every_steps: must be >= 1"),
             (self.checkpoint.keep >= 1, "checkpoint.keep: must be >= 1"),
             (self.data.batch_seconds > 0, "data.batch_seconds: must be > 0"),
-            (self.model.preset in (None, "tiny"), "model.preset: null or tiny"),
+            (self.data.max_batch_size >= 1, "data.max_batch_size: must be >= 1"),
+            (self.data.window_rows >= 1, "data.window_rows: must be >= 1"),
             (self.model.draft_bank_size >= 0, "model.draft_bank_size: must be >= 0 (0 turns the descriptor draft off)"),
             (self.model.draft_bank_tokens >= 1, "model.draft_bank_tokens: must be >= 1"),
             (self.model.draft_loss_weight >= 0, "model.draft_loss_weight: must be >= 0"),
             (self.max_failures >= 0, "max_failures: must be >= 0"),
+            (self.logging.every_steps >= 1, "logging.every_steps: must be >= 1"),
+            (self.validation.every_steps >= 0, "validation.every_steps: must be >= 0 (0 = at stage boundaries)"),
+            (bool(self.schedule.stages), "schedule.stages: list at least one stage"),
+            (self.schedule.rounds >= 1, f"schedule.rounds: must be >= 1 (got {self.schedule.rounds})"),
         ]
-        problems += [message for ok, message in checks if not ok]
-        if not (Path(self.data.shards) / "summary.json").exists():
-            problems.append(f"data.shards: {self.data.shards} is not a finished `sed-ray prepare` output "
-                            "(no summary.json)")
-        if self.model.preset is None:  # the tiny preset builds its own; checked here, not on every worker
-            problems += [p for key in ("encoder", "llm") if (p := _model_source_problem(key, getattr(self.model, key)))]
-        if problems:
-            raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
+        problems = [message for ok, message in checks if not ok]
+        for i, s in enumerate(self.schedule.stages):
+            if s.steps <= 0:
+                problems.append(f"schedule.stages[{i}].steps: must be > 0 (got {s.steps})")
+            if s.lr <= 0:
+                problems.append(f"schedule.stages[{i}].lr: must be > 0 (got {s.lr})")
+            if not 0.0 <= s.draft_teacher_until <= 1.0:
+                problems.append(f"schedule.stages[{i}].draft_teacher_until: a fraction of the stage, 0 to 1 "
+                                f"(got {s.draft_teacher_until})")
+        return problems
 
 
-def _model_source_problem(key: str, source: str) -> str | None:
-    """A checkpoint the workers could not load: a local folder without a config.json, or (offline) a hub
-    id missing from the local Hugging Face cache. Checked where the driver runs, like data.shards."""
-    import os
+@dataclass
+class InferenceOptions:
+    """How `infer` and `evaluate` run a trained model: one object, not a chain of keyword arguments."""
 
-    if source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists():
-        if not (Path(source).expanduser() / "config.json").exists():
-            return f"model.{key}: {source} is not a model folder (no config.json there)"
-        return None
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
+    task: str = "joint"  # a prompt task: asr, joint, joint_no_descriptor
+    descriptors: str = "predicted"  # what the emotion is scored after: predicted | generated | ground-truth
+    batch_size: int = 8  # utterances per model call
+    max_new_tokens: int = 96  # generation budget for transcript and descriptor
+    num_beams: int = 1  # beam search width (1 = greedy)
+    actors: int | None = None  # model replicas; None = one per GPU, or up to 2 on CPUs
+    latents: bool = False  # keep pooled Z_con / Z_des per utterance (the report's projections)
+    listening: bool = False  # the listening check per utterance (needs reference fields)
 
-        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
-            return (f"model.{key}: {source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
-                    "download it first (huggingface-cli download) or give a local folder")
-    return None
+    def problems(self) -> list[str]:
+        checks = [(self.batch_size >= 1, f"batch_size: must be >= 1 (got {self.batch_size})"),
+                  (self.max_new_tokens >= 1, f"max_new_tokens: must be >= 1 (got {self.max_new_tokens})"),
+                  (self.num_beams >= 1, f"num_beams: must be >= 1 (got {self.num_beams})"),
+                  (self.actors is None or self.actors >= 1, f"actors: must be >= 1 (got {self.actors})")]
+        return [message for ok, message in checks if not ok]
 
 
 # --- loading ----------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ QUICK = DemoSize(utterances=320, speakers=48, encoder_steps=40, lm_steps=60, sta
 
 def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors: bool = True, seed: int = 0,
              log=print) -> dict:
-    from sed_ray.config import load_config
+    from sed_ray.config import InferenceOptions, load_config
     from sed_ray.data.prepare import prepare
     from sed_ray.data.synth import corpus_settings, synthesize_corpus
     from sed_ray.eval.evaluate import evaluate
@@ -83,8 +83,8 @@ def run_demo(out: str | Path = "sed-ray-demo", quick: bool = False, descriptors:
     t = step("4/4 evaluate on the held-out voices and sentences",
              f"sed-ray evaluate --checkpoint {checkpoint} --data {shards} --split test --out {evaluation} --task {task} "
              f"--max-new-tokens {size.max_new_tokens}")
-    metrics = evaluate({"": str(checkpoint)}, str(shards), evaluation, split="test", task=task,
-                       max_new_tokens=size.max_new_tokens)
+    metrics = evaluate({"": str(checkpoint)}, str(shards), evaluation,
+                       InferenceOptions(task=task, max_new_tokens=size.max_new_tokens), split="test")
     timings["evaluate"] = time.time() - t
     timings["total"] = time.time() - started
     labels = metrics["confusion"]["labels"] if metrics.get("confusion") else []

@@ -23,3 +23,12 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
         ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=False, log_to_driver=True)
+
+
+def cluster_cpus() -> int:
+    """Logical CPUs of the connected Ray cluster (this machine's cores when Ray is not initialised)."""
+    import ray
+
+    if ray.is_initialized():
+        return int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    return os.cpu_count() or 1

@@ -50,7 +50,7 @@ def tiny_model_config(synth_corpus, tmp_path_factory):
     """The tiny preset (random HuBERT-style encoder, Llama-style LLM, BPE tokenizer) saved to disk."""
     import json
 
-    from sed_ray.model.presets import build_tiny
+    from sed_ray.base.tiny import build_tiny
 
     rows = [json.loads(line) for line in (synth_corpus / "manifest.jsonl").read_text().splitlines()]
     texts = [r["text"] for r in rows] + [r["descriptor"] for r in rows]
@@ -58,12 +58,17 @@ def tiny_model_config(synth_corpus, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_batch(synth_shards):
-    """Four utterances of the synthetic corpus as one float batch, with their targets."""
+def tiny_batch(synth_shards, tiny_model_config):
+    """Four utterances of the synthetic corpus as one float batch, collated for every task (target ids,
+    fields, descriptor ids) with the tiny tokenizer, and their reference fields."""
+    from sed_ray.config import DataSection
+    from sed_ray.data.collate import Collate
     from sed_ray.data.stream import StreamConfig, plain_batches
+    from sed_ray.model.prompt import TASKS
 
-    batch = next(iter(plain_batches(synth_shards, "train", StreamConfig(batch_seconds=60, max_batch_size=4,
-                                                                         shuffle=False)))).to("cpu")
+    stream = StreamConfig(DataSection(batch_seconds=60, max_batch_size=4), shuffle=False,
+                          collate=Collate(tiny_model_config.llm, tuple(TASKS), fields=True))
+    batch = next(iter(plain_batches(synth_shards, "train", stream))).to("cpu")
     targets = [{"transcript": t, "descriptor": d, "emotion": e}
                for t, d, e in zip(batch.meta["text"], batch.meta["descriptor"], batch.meta["emotion"])]
     return batch, targets

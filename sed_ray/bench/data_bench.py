@@ -10,7 +10,6 @@ Medians over `repeats`; ratios are taken between figures from the same run.
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -19,26 +18,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from sed_ray.data.schema import SAMPLE_RATE
+from sed_ray.config import DataSection
 from sed_ray.data.stream import StreamConfig, iter_shard, plain_batches, ray_dataset, shard_files
-
-
-def _cores() -> int:
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-    except ImportError:
-        pass
-    return os.cpu_count() or 1
 
 
 def bench_prepare(manifest: str, repeats: int) -> dict:
     from sed_ray.data.prepare import prepare
-    from sed_ray.ray_env import ensure_ray
+    from sed_ray.ray_env import cluster_cpus, ensure_ray
 
     ensure_ray()
-    cores = _cores()
+    cores = cluster_cpus()
     runs = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as out:
@@ -73,11 +62,11 @@ def _consume(batches) -> dict:
 
 
 def bench_ingest(shards: str, repeats: int, batch_seconds: float) -> dict:
-    from sed_ray.ray_env import ensure_ray
+    from sed_ray.ray_env import cluster_cpus, ensure_ray
 
     ensure_ray()
-    cores = _cores()
-    config = StreamConfig(batch_seconds=batch_seconds, seed=0)
+    cores = cluster_cpus()
+    config = StreamConfig(DataSection(batch_seconds=batch_seconds), seed=0)
 
     def ray_path():
         dataset = ray_dataset(shards, None, config)

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import pyarrow.parquet as pq
 from sed_ray.data.audio import REASONS, AudioLimits, AudioRejected, load_utterance
 from sed_ray.data.corpora import ConnectorOptions, list_rows
 from sed_ray.data.schema import SAMPLE_RATE, SHARD_SCHEMA, SourceRow
+from sed_ray.files import atomic_write, atomic_write_text
 
 PLAN_VERSION = 1
 
@@ -57,21 +57,6 @@ class PrepareResult:
         resumed = f", {self.resumed_shards} shard(s) kept from an earlier run" if self.resumed_shards else ""
         return (f"prepare: {self.accepted} accepted, {self.rejected} rejected ({reasons}); {hours}; "
                 f"{self.shards} shard(s) in {self.out} in {self.seconds:.1f} s{resumed}")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through `write(tmp_path)` to a unique temporary name in the same folder, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _source_label(row: SourceRow) -> str:
@@ -116,14 +101,14 @@ def write_shard(index: int, rows: list[SourceRow], out: Path, limits: AudioLimit
         table = pa.Table.from_pydict({**columns, "pcm": pcm_column}, schema=SHARD_SCHEMA)
         # PCM barely compresses and is read on the hot path: stored plain; metadata compressed.
         compression = {name: ("none" if name == "pcm" else "zstd") for name in SHARD_SCHEMA.names}
-        _atomic_write(shard_path, lambda tmp: pq.write_table(table, tmp, compression=compression,
+        atomic_write(shard_path, lambda tmp: pq.write_table(table, tmp, compression=compression,
                                                              use_dictionary=["emotion", "split", "corpus", "speaker"],
                                                              row_group_size=256))
     elif shard_path.exists():  # a stale file from a different earlier run of this shard
         shard_path.unlink()
     stats = {"shard": index, "rows": len(rows), "accepted": len(pcm_chunks), "rejects": rejects,
              "seconds_by_split": dict(seconds_by_split), "seconds_by_label": dict(seconds_by_label)}
-    _atomic_text(out / "parts" / f"part-{index:05d}.json", json.dumps(stats))
+    atomic_write_text(out / "parts" / f"part-{index:05d}.json", json.dumps(stats))
     return {"shard": index, "accepted": len(pcm_chunks), "rejected": len(rejects)}
 
 
@@ -149,7 +134,7 @@ def _check_plan(out: Path, plan: dict, overwrite: bool) -> None:
                 stale.unlink()
         for name in ("rejects.jsonl", "summary.json"):
             (out / name).unlink(missing_ok=True)
-    _atomic_text(path, json.dumps(plan, indent=2))
+    atomic_write_text(path, json.dumps(plan, indent=2))
 
 
 def _run_shards(todo: list[int], plan_rows: list[list[SourceRow]], out: Path, limits: AudioLimits,
@@ -193,7 +178,7 @@ def _assemble(out: Path, n_shards: int) -> dict:
                     totals["by_reason"][reject["reason"]] += 1
                     f.write(json.dumps(reject) + "\n")
 
-    _atomic_write(out / "rejects.jsonl", write_rejects)
+    atomic_write(out / "rejects.jsonl", write_rejects)
     return totals
 
 
@@ -238,5 +223,5 @@ def prepare(corpus: str, source: str | os.PathLike, out: str | os.PathLike, *, s
                "hours_by_split": result.hours_by_split, "hours_by_label": result.hours_by_label,
                "shards": result.shards, "settings": settings, "seconds": round(result.seconds, 2)}
     result.summary = summary
-    _atomic_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return result

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SAMPLE_RATE = 16_000  # Hz; HuBERT's rate, and the only rate shards store
+from sed_ray.config import CANONICAL_EMOTIONS, FOUR_CLASS  # noqa: F401 (re-exported for the connectors)
 
-CANONICAL_EMOTIONS = ("neutral", "happy", "angry", "sad", "surprised", "fearful", "disgusted")
-FOUR_CLASS = CANONICAL_EMOTIONS[:4]
+SAMPLE_RATE = 16_000  # Hz; HuBERT's rate, and the only rate shards store
 
 # Spellings seen across corpora -> canonical label. Keys are lower-case.
 EMOTION_ALIASES = {
@@ -113,3 +112,19 @@ METADATA_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name != "pcm"]
 def pcm_from_bytes(data: bytes) -> np.ndarray:
     """A shard's `pcm` value -> int16 samples (a view, no copy)."""
     return np.frombuffer(data, dtype="<i2")
+
+
+def pcm_to_float(pcm):
+    """int16 PCM -> float32 in [-1, 1): a numpy array, or a torch tensor on whatever device it is."""
+    if isinstance(pcm, np.ndarray):
+        return pcm.astype(np.float32) / 32768.0
+    assert not pcm.is_floating_point(), "pcm_to_float takes int16 PCM; this tensor is already float"
+    return pcm.float().div_(32768.0)  # .float() made a new tensor: the in-place scale is safe
+
+
+def binary_value(array: pa.LargeBinaryArray, index: int, dtype: str) -> np.ndarray:
+    """Value `index` of a large_binary array as a read-only numpy view of its buffer (no copy)."""
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64, count=2, offset=8 * (array.offset + index))
+    itemsize = np.dtype(dtype).itemsize
+    return np.frombuffer(array.buffers()[2], dtype=dtype, count=int(offsets[1] - offsets[0]) // itemsize,
+                         offset=int(offsets[0]))

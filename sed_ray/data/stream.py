@@ -7,7 +7,9 @@ Because a batch is one row, Ray Train's dataset sharding (`streaming_split(n, eq
 every rank the same number of *batches*, which is what keeps the gradient all-reduce from
 deadlocking; with `preserve_order` the assignment of batches to ranks is deterministic for a seed.
 
-int16 stays int16 all the way into the worker; `AudioBatch.to(device)` converts to float there.
+int16 stays int16 all the way into the worker; `Batch.to(device)` converts to float there. With a
+`Collate` in the config, the same ingest step tokenises each batch's targets (`data/collate.py`), so
+the worker receives token ids, never text to tokenise.
 
 The same bucketing runs without Ray (`plain_batches`): the GPU benchmark, tests, and the
 single-process reader the ingest benchmark compares against.
@@ -18,7 +20,7 @@ Shape legend: B batch size, T samples (16 kHz).
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -27,20 +29,22 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from sed_ray.data.schema import SAMPLE_RATE, SHARD_SCHEMA
+from sed_ray.config import DataSection
+from sed_ray.data.collate import BATCH_META, Batch, Collate, token_schema, tokenize_columns
+from sed_ray.data.schema import SAMPLE_RATE, SHARD_SCHEMA, binary_value
 
-# what a batch carries besides audio, each as a list with one entry per utterance
-BATCH_META = ("id", "text", "emotion", "descriptor", "speaker", "split", "corpus")
 READ_COLUMNS = ["pcm", "num_samples", *BATCH_META]
 
 
 @dataclass(frozen=True)
 class StreamConfig:
-    batch_seconds: float = 64.0  # padded audio seconds per batch (B * T_max / 16 kHz), the memory knob
-    max_batch_size: int = 64  # utterances per batch, at most
-    window_rows: int = 512  # utterances sorted together; larger = less padding, more memory
+    """How a split is streamed: the config's data section (batch budget, window), plus what the caller
+    decides (shuffling, seed, what to tokenise)."""
+
+    data: DataSection = field(default_factory=DataSection)
     shuffle: bool = True  # shuffle file order, within-window order and batch order (training)
     seed: int = 0
+    collate: Collate | None = None  # tokenise targets in the ingest step; None = audio and metadata only
 
 
 def shard_files(shard_dir: str | Path) -> list[str]:
@@ -76,7 +80,7 @@ def plan_batches(num_samples: np.ndarray, config: StreamConfig, rng: np.random.G
     next row would exceed `batch_seconds` of padded audio or `max_batch_size` rows. A row longer than
     the budget gets a batch of its own. Batch order is shuffled when `rng` is given.
     """
-    budget = config.batch_seconds * SAMPLE_RATE
+    budget = config.data.batch_seconds * SAMPLE_RATE
     jitter = rng.random(len(num_samples)) if rng is not None else np.zeros(len(num_samples))
     order = np.lexsort((jitter, num_samples))
     batches: list[np.ndarray] = []
@@ -84,7 +88,7 @@ def plan_batches(num_samples: np.ndarray, config: StreamConfig, rng: np.random.G
     for end in range(1, len(order) + 1):
         size = end - start
         longest = num_samples[order[end - 1]]  # sorted ascending: the last row is the longest
-        if size > 1 and (longest * size > budget or size > config.max_batch_size):
+        if size > 1 and (longest * size > budget or size > config.data.max_batch_size):
             batches.append(order[start:end - 1])
             start = end - 1
     if start < len(order):
@@ -92,14 +96,6 @@ def plan_batches(num_samples: np.ndarray, config: StreamConfig, rng: np.random.G
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
-
-
-def _binary_value(array: pa.LargeBinaryArray, index: int, dtype: str) -> np.ndarray:
-    """Value `index` of a large_binary array as a read-only numpy view of its buffer (no copy)."""
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64, count=2, offset=8 * (array.offset + index))
-    itemsize = np.dtype(dtype).itemsize
-    return np.frombuffer(array.buffers()[2], dtype=dtype, count=int(offsets[1] - offsets[0]) // itemsize,
-                         offset=int(offsets[0]))
 
 
 def _window_rng(table: pa.Table, config: StreamConfig) -> np.random.Generator | None:
@@ -111,9 +107,11 @@ def _window_rng(table: pa.Table, config: StreamConfig) -> np.random.Generator | 
 
 
 def bucket_window(table: pa.Table, config: StreamConfig) -> pa.Table:
-    """Shard rows (one utterance each) -> batch rows (one padded batch each)."""
+    """Shard rows (one utterance each) -> batch rows (one padded batch each), tokenised when the config
+    has a Collate."""
+    schema = batch_schema(config.collate)
     if table.num_rows == 0:
-        return _empty_batch_table()
+        return schema.empty_table()
     lengths = table.column("num_samples").to_numpy().astype(np.int64)
     rng = _window_rng(table, config)
     pcm_column = table.column("pcm").combine_chunks()
@@ -125,7 +123,7 @@ def bucket_window(table: pa.Table, config: StreamConfig) -> pa.Table:
         longest = int(row_lengths.max())
         pcm_BT = np.zeros((len(rows), longest), dtype=np.int16)
         for b, r in enumerate(rows):
-            pcm_BT[b, :row_lengths[b]] = _binary_value(pcm_column, int(r), "<i2")
+            pcm_BT[b, :row_lengths[b]] = binary_value(pcm_column, int(r), "<i2")
         out["pcm"].append(pcm_BT.tobytes())
         out["lengths"].append(row_lengths.astype(np.int32).tolist())
         out["batch_size"].append(len(rows))
@@ -133,20 +131,20 @@ def bucket_window(table: pa.Table, config: StreamConfig) -> pa.Table:
         for name in BATCH_META:
             column = meta[name]
             out[name].append([column[r] for r in rows])
-    return pa.Table.from_pydict(out, schema=BATCH_SCHEMA)
+    if config.collate is not None:
+        out |= tokenize_columns(out, config.collate)
+    return pa.Table.from_pydict(out, schema=schema)
 
 
-BATCH_SCHEMA = pa.schema([
-    pa.field("pcm", pa.large_binary()),  # int16 little-endian, B x T, row-major
-    pa.field("lengths", pa.list_(pa.int32())),
-    pa.field("batch_size", pa.int32()),
-    pa.field("max_len", pa.int32()),
-    *[pa.field(name, pa.list_(pa.string())) for name in BATCH_META],
-])
-
-
-def _empty_batch_table() -> pa.Table:
-    return BATCH_SCHEMA.empty_table()
+def batch_schema(collate: Collate | None) -> pa.Schema:
+    return pa.schema([
+        pa.field("pcm", pa.large_binary()),  # int16 little-endian, B x T, row-major
+        pa.field("lengths", pa.list_(pa.int32())),
+        pa.field("batch_size", pa.int32()),
+        pa.field("max_len", pa.int32()),
+        *[pa.field(name, pa.list_(pa.string())) for name in BATCH_META],
+        *token_schema(collate),
+    ])
 
 
 # --- the Ray Data path ------------------------------------------------------------------------------
@@ -165,7 +163,7 @@ def ray_dataset(shard_dir: str | Path, split: str | None, config: StreamConfig):
         from ray.data.expressions import col
 
         dataset = dataset.filter(expr=col("split") == split)
-    return dataset.map_batches(bucket_window, fn_kwargs={"config": config}, batch_size=config.window_rows,
+    return dataset.map_batches(bucket_window, fn_kwargs={"config": config}, batch_size=config.data.window_rows,
                                batch_format="pyarrow", zero_copy_batch=True)
 
 
@@ -179,15 +177,15 @@ def data_config(split_datasets: Iterable[str] = ("train",)):
     return ray.train.DataConfig(datasets_to_split=list(split_datasets), execution_options=options)
 
 
-def iter_shard(shard, prefetch_batches: int = 2) -> Iterator["AudioBatch"]:
+def iter_shard(shard, prefetch_batches: int = 2) -> Iterator[Batch]:
     """What a training worker loops over: `iter_shard(ray.train.get_dataset_shard("train"))`."""
     for table in shard.iter_batches(batch_size=1, batch_format="pyarrow", prefetch_batches=prefetch_batches):
-        yield AudioBatch.from_row(table)
+        yield Batch.from_row(table)
 
 
 # --- the plain path (no Ray) ------------------------------------------------------------------------
 def plain_batches(shard_dir: str | Path, split: str | None, config: StreamConfig, *, epoch: int = 0,
-                  rank: int = 0, world_size: int = 1) -> Iterator["AudioBatch"]:
+                  rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
     """The same bucketing in one process with pyarrow alone: rank `rank` of `world_size` gets every
     world_size-th batch, and every rank the same count (the remainder is dropped). Streams: with
     several ranks, a metadata-only pass first counts the batches."""
@@ -197,15 +195,15 @@ def plain_batches(shard_dir: str | Path, split: str | None, config: StreamConfig
     usable = None
     if world_size > 1:
         total = sum(len(plan_batches(w.column("num_samples").to_numpy(), config, _window_rng(w, config)))
-                    for w in _windows(files, split, config.window_rows, ["id", "num_samples"]))
+                    for w in _windows(files, split, config.data.window_rows, ["id", "num_samples"]))
         usable = total - total % world_size
     index = 0
-    for window in _windows(files, split, config.window_rows, READ_COLUMNS):
+    for window in _windows(files, split, config.data.window_rows, READ_COLUMNS):
         for row in _rows_of(bucket_window(window, config)):
             if usable is not None and index >= usable:
                 return
             if index % world_size == rank:
-                yield AudioBatch.from_row(row)
+                yield Batch.from_row(row)
             index += 1
 
 
@@ -229,55 +227,3 @@ def _windows(files: list[str], split: str | None, window_rows: int, columns: lis
 def _rows_of(table: pa.Table) -> Iterator[pa.Table]:
     for i in range(table.num_rows):
         yield table.slice(i, 1)
-
-
-# --- the worker side --------------------------------------------------------------------------------
-@dataclass
-class AudioBatch:
-    """One training batch. `pcm_BT` is int16 until `to(device)` turns it into float in [-1, 1)."""
-
-    pcm_BT: "object"  # torch.Tensor, int16 on the host or float32 on the device
-    lengths_B: "object"  # torch.Tensor int64, samples per utterance
-    meta: dict[str, list]
-
-    @classmethod
-    def from_row(cls, table: pa.Table) -> "AudioBatch":
-        import torch
-
-        if table.num_rows != 1:
-            raise ValueError(f"expected one batch row, got {table.num_rows}")
-        meta = table.drop_columns(["pcm"]).to_pylist()[0]
-        shape = (meta["batch_size"], meta["max_len"])
-        pcm = _binary_value(table.column("pcm").combine_chunks(), 0, "<i2").reshape(shape)
-        return cls(pcm_BT=torch.from_numpy(pcm.copy()),  # the one copy: Arrow buffers are read-only
-                   lengths_B=torch.tensor(meta["lengths"], dtype=torch.int64),
-                   meta={name: meta[name] for name in BATCH_META})
-
-    @property
-    def size(self) -> int:
-        return int(self.pcm_BT.shape[0])
-
-    @property
-    def audio_seconds(self) -> float:
-        return float(self.lengths_B.sum()) / SAMPLE_RATE
-
-    @property
-    def padding_fraction(self) -> float:
-        return 1.0 - float(self.lengths_B.sum()) / float(self.pcm_BT.numel())
-
-    def to(self, device) -> "AudioBatch":
-        """Move to `device` as int16 (half the bytes of float), then convert there. Idempotent: a batch
-        that is already float is moved, not scaled again."""
-        pcm = self.pcm_BT.to(device, non_blocking=True)
-        if not pcm.is_floating_point():
-            pcm = pcm.float().div_(32768.0)  # .float() made a new tensor: the in-place scale is safe
-        return AudioBatch(pcm_BT=pcm, lengths_B=self.lengths_B.to(device), meta=self.meta)
-
-
-def padding_fraction(batches: Iterable[AudioBatch]) -> float:
-    """Padded samples / all samples over a stream of batches (0 = no padding)."""
-    real = padded = 0
-    for batch in batches:
-        real += int(batch.lengths_B.sum())
-        padded += int(batch.pcm_BT.numel())
-    return 1.0 - real / padded if padded else 0.0

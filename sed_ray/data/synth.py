@@ -27,6 +27,7 @@ import soundfile as sf
 from scipy.signal import lfilter
 
 from sed_ray.data.schema import FOUR_CLASS
+from sed_ray.files import atomic_write, atomic_write_text
 
 # --- sentence bank: emotionally neutral sentences of 5-9 words built from small word lists ---------
 _SUBJECTS = ["The old man", "My neighbour", "The teacher", "Our driver", "The little girl", "His sister",
@@ -247,9 +248,7 @@ def _render_chunk(args: tuple[list[Utterance], str]) -> list[dict]:
     for utt in utts:
         audio, rate = _render(utt)
         path = Path(audio_dir) / f"{utt.id}.wav"
-        tmp = path.with_suffix(".wav.tmp")
-        sf.write(tmp, audio, rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: sf.write(tmp, audio, rate, subtype="PCM_16", format="WAV"))
         rows.append({"id": utt.id, "audio": f"audio/{path.name}", "text": utt.text, "emotion": utt.emotion,
                      "descriptor": utt.descriptor, "speaker": utt.speaker.name, "split": utt.split,
                      "duration": round(len(audio) / rate, 4)})
@@ -297,9 +296,5 @@ def synthesize_corpus(out: str | os.PathLike, utterances: int = 1200, seed: int 
             rows.extend(done)
             if progress:
                 progress(len(rows), len(plan))
-    tmp = manifest.with_suffix(".jsonl.tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, manifest)
+    atomic_write_text(manifest, "".join(json.dumps(row) + "\n" for row in rows))
     return manifest

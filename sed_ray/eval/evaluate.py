@@ -5,34 +5,25 @@ Writes OUT/predictions.parquet, OUT/metrics.json and OUT/report.html (+ OUT/figu
 
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
+from sed_ray.config import InferenceOptions
 from sed_ray.eval.infer import LISTENING, LISTENING_BY_FIELD, failed, run_inference
 from sed_ray.eval.metrics import listening_summary, score_records
 from sed_ray.eval.report import write_report
-
-
-def model_folder(checkpoint: str | os.PathLike) -> Path:
-    """A model folder (trainable.safetensors), or a training checkpoint holding one under model/."""
-    path = Path(checkpoint).expanduser().resolve()
-    if (path / "trainable.safetensors").exists():
-        return path
-    if (path / "model" / "trainable.safetensors").exists():
-        return path / "model"
-    raise FileNotFoundError(f"{path} is neither a model folder (trainable.safetensors) nor a training checkpoint "
-                            "(model/trainable.safetensors)")
+from sed_ray.files import RUN_METRICS, atomic_write, atomic_write_json, read_jsonl
+from sed_ray.model.prompt import get_task
+from sed_ray.model.weights import model_folder, read_config
 
 
 def _training_metrics(checkpoint: Path, run_dir: str | None) -> list[dict]:
-    from sed_ray.train.tracking import read_metrics
-
     # model/ sits in a checkpoint folder, which sits in the run folder (Ray) or in run/checkpoints (--local)
     candidates = [Path(run_dir)] if run_dir else list(checkpoint.parents)[:3]
     for folder in candidates:
-        if (folder / "metrics.jsonl").exists():
-            return read_metrics(folder)
+        if (folder / RUN_METRICS).exists():
+            return read_jsonl(folder / RUN_METRICS)
     return []
 
 
@@ -54,13 +45,13 @@ def as_prediction(record: dict, fields: tuple[str, ...] = ("transcript", "descri
             **{key: record.get(key) for key in (*LISTENING, *LISTENING_BY_FIELD)}}
 
 
-def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, split: str = "test",
-             protocol: str = "split", descriptors: str = "predicted", task: str = "joint",
-             run_dir: str | None = None, batch_size: int = 8, max_new_tokens: int = 96, num_beams: int = 1) -> dict:
-    """`checkpoints`: {"": path} for one model, or {session: path} for leave-one-session-out."""
-    from sed_ray.model.prompt import get_task
-    from sed_ray.model.weights import read_config
-
+def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike,
+             options: InferenceOptions = InferenceOptions(), *, split: str = "test", protocol: str = "split",
+             run_dir: str | None = None) -> dict:
+    """`checkpoints`: {"": path} for one model, or {session: path} for leave-one-session-out. Inference
+    runs with `options`, plus the latents and the listening check the report shows."""
+    options = replace(options, latents=True, listening=True)
+    task, descriptors = options.task, options.descriptors
     fields = get_task(task).fields
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,9 +64,7 @@ def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, 
     predictions, folds = [], {}
     for fold, folder in folders.items():
         where = {"session": fold} if protocol == "loso" else {"split": split}
-        records = run_inference(str(folder), data, where=where, task=task, descriptors=descriptors,
-                                batch_size=batch_size, latents=True, max_new_tokens=max_new_tokens,
-                                num_beams=num_beams, listening=True)
+        records = run_inference(str(folder), data, options, where=where)
         fold_predictions = [as_prediction(r, fields) for r in records if not failed(r)]
         if not fold_predictions:
             raise ValueError(f"no utterance of {data} matches {where}: check --split / the fold's session name")
@@ -92,9 +81,7 @@ def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike, *, 
     first = next(iter(folders.values()))
     title = f"sed-ray evaluation: {split if protocol == 'split' else 'leave-one-session-out'} ({descriptors} descriptors)"
     write_report(out, metrics, predictions, title=title, training_metrics=_training_metrics(first, run_dir))
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(out / "metrics.json")  # last: a folder with metrics.json is a finished evaluation
+    atomic_write_json(out / "metrics.json", metrics)  # last: a folder with metrics.json is a finished evaluation
     return metrics
 
 
@@ -102,6 +89,4 @@ def _write_predictions(predictions: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(predictions), tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: pq.write_table(pa.Table.from_pylist(predictions), tmp))

@@ -14,11 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
+from sed_ray.config import InferenceOptions
 from sed_ray.data.audio import CONTAINER_SUFFIXES, AudioLimits, AudioRejected, load_utterance
-from sed_ray.model.prompt import FIELD_TITLES
+from sed_ray.data.collate import collate_rows
+from sed_ray.files import atomic_write, atomic_write_text
+from sed_ray.model.prompt import FIELD_TITLES, TASKS as TASKS_NAMES, get_task
+from sed_ray.model.speech_llm import DESCRIPTOR_SOURCES
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3"} | CONTAINER_SUFFIXES
 META = ("text", "emotion", "descriptor", "speaker", "session", "split")
+REFERENCE_COLUMNS = {"transcript": "text", "descriptor": "descriptor", "emotion": "emotion"}  # target field -> column
+# prediction columns -> the key of SpeechEmotionLLM.predict's row they come from
+PREDICTED = {"emotion_pred": "emotion", "transcript": "transcript", "descriptor_pred": "descriptor",
+             "descriptor_generated": "descriptor_generated",  # the LLM's own, whichever the emotion followed
+             "descriptor_draft": "descriptor_draft",  # the descriptor draft's guess, if the model has one
+             "posterior": "posterior", "z_content": "z_content", "z_descriptor": "z_descriptor"}
 LISTENING = ("nll_own", "nll_silence", "nll_other", "target_tokens")  # see SpeechEmotionLLM.listening_check
 # the same split by target field: nll_own_descriptor, ..., tokens_emotion (NaN for a field the task lacks),
 # named from listening_check's per-field figures
@@ -69,71 +79,57 @@ def decode_row(row: dict, limits: AudioLimits = AudioLimits()) -> dict:
 class Predictor:
     """One model per actor; each call predicts a batch of decoded rows."""
 
-    def __init__(self, checkpoint: str, task: str = "joint", descriptors: str = "predicted", max_new_tokens: int = 96,
-                 num_beams: int = 1, latents: bool = False, listening: bool = False) -> None:
+    def __init__(self, checkpoint: str, options: InferenceOptions) -> None:
         import torch
 
         from sed_ray.model.weights import load_model
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_model(checkpoint).to(self.device).eval()
-        self.task, self.descriptors = task, descriptors
-        self.max_new_tokens, self.num_beams, self.latents = max_new_tokens, num_beams, latents
-        self.listening = listening
+        self.options = options
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         good = [r for r in rows if not failed(r)]
         results: dict[str, dict] = {}
         if good:
-            lengths = [int(r["num_samples"]) for r in good]
-            pcm = np.zeros((len(good), max(lengths)), dtype=np.int16)
-            for i, r in enumerate(good):
-                pcm[i, :lengths[i]] = np.frombuffer(r["pcm"], dtype="<i2")
-            pcm_BT = torch.from_numpy(pcm).to(self.device).float().div_(32768.0)
+            options = self.options
+            tensors = collate_rows(good, self.model.prompts, (options.task,), fields=options.listening)
+            tensors = tensors.to(self.device)
             references = [{"descriptor": r.get("descriptor") or ""} for r in good]
-            predictions = self.model.predict(pcm_BT, torch.tensor(lengths, device=self.device), self.task,
-                                             references=references, descriptors=self.descriptors,
-                                             max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
-                                             return_latents=self.latents)
+            predictions = self.model.predict(tensors.pcm_BT, tensors.lengths_B, options.task, references=references,
+                                             descriptors=options.descriptors, max_new_tokens=options.max_new_tokens,
+                                             num_beams=options.num_beams, return_latents=options.latents)
             results = {r["id"]: p for r, p in zip(good, predictions)}
-            if self.listening:
-                self._listening_check(good, pcm_BT, torch.tensor(lengths, device=self.device), results)
-        out: dict[str, list] = {k: [] for k in ("id", "source", *META, "error", "emotion_pred", "transcript",
-                                                "descriptor_pred", "descriptor_generated", "descriptor_draft",
-                                                "posterior", "z_content",
-                                                "z_descriptor", *LISTENING, *LISTENING_BY_FIELD)}
+            if options.listening:
+                self._listening_check(good, tensors, results)
+        return self._columns(rows, results)
+
+    @staticmethod
+    def _columns(rows: list[dict], results: dict[str, dict]) -> dict[str, list]:
+        out: dict[str, list] = {k: [] for k in ("id", "source", *META, "error", *PREDICTED, *LISTENING,
+                                                *LISTENING_BY_FIELD)}
         for r in rows:
             p = results.get(r["id"], {})
             for key in ("id", "source", *META, "error"):
                 out[key].append(r.get(key))
-            out["emotion_pred"].append(p.get("emotion"))
-            out["transcript"].append(p.get("transcript"))
-            out["descriptor_pred"].append(p.get("descriptor"))
-            out["descriptor_generated"].append(p.get("descriptor_generated"))  # the LLM's own, whichever was scored after
-            out["descriptor_draft"].append(p.get("descriptor_draft"))  # the descriptor draft's guess, if the model has one
-            out["posterior"].append(json.dumps(p["posterior"]) if "posterior" in p else None)
-            out["z_content"].append(p.get("z_content"))
-            out["z_descriptor"].append(p.get("z_descriptor"))
+            for key, source in PREDICTED.items():
+                value = p.get(source)
+                out[key].append(json.dumps(value) if key == "posterior" and value is not None else value)
             for key in (*LISTENING, *LISTENING_BY_FIELD):  # NaN, not None: Ray's batches turn None into NaN anyway
                 out[key].append(float("nan") if p.get(key) is None else float(p[key]))
         return out
 
-    def _listening_check(self, rows: list[dict], pcm_BT, lengths_B, results: dict) -> None:
+    def _listening_check(self, rows: list[dict], tensors, results: dict) -> None:
         """The reference target's likelihood with the utterance's own audio, same-length silence and another
         utterance's audio (model.listening_check), for the rows that have every reference field."""
-        from sed_ray.model.prompt import get_task
-
-        fields = {"transcript": "text", "descriptor": "descriptor", "emotion": "emotion"}
-        needed = [fields[f] for f in get_task(self.task).fields]
+        task = self.options.task
+        needed = [REFERENCE_COLUMNS[f] for f in get_task(task).fields]
         keep = [i for i, r in enumerate(rows) if all(isinstance(r.get(k), str) and r[k] for k in needed)]
         if not keep:
             return
-        targets = [{"transcript": rows[i].get("text"), "descriptor": rows[i].get("descriptor"),
-                    "emotion": rows[i].get("emotion")} for i in keep]
-        check = self.model.listening_check(pcm_BT[keep], lengths_B[keep], targets, self.task)
+        check = self.model.listening_check(tensors.pcm_BT[keep], tensors.lengths_B[keep], tensors.targets[task][keep],
+                                           task, tensors.fields[task][keep])
         for j, i in enumerate(keep):
             results[rows[i]["id"]].update({key: check[key][j] for key in LISTENING})
             results[rows[i]["id"]].update({f"{_FIELD_COLUMNS[key]}_{field}": value
@@ -141,21 +137,22 @@ class Predictor:
                                            for key, value in figures.items()})
 
 
-def run_inference(checkpoint: str, inputs: str | os.PathLike, *, where: dict | None = None, task: str = "joint",
-                  descriptors: str = "predicted", batch_size: int = 8, actors: int | None = None,
-                  latents: bool = False, max_new_tokens: int = 96, num_beams: int = 1,
-                  listening: bool = False) -> list[dict]:
+def run_inference(checkpoint: str, inputs: str | os.PathLike, options: InferenceOptions = InferenceOptions(), *,
+                  where: dict | None = None) -> list[dict]:
     """Predictions for every input (error records included), in input order. `where` keeps only rows
-    whose metadata equal its values, e.g. {"split": "test"} or {"session": "Session3"}. `num_beams` > 1
-    decodes the transcript and descriptor with beam search; the emotion is scored after the best beam.
-    `listening` adds, for rows with reference fields, the listening check (SpeechEmotionLLM.listening_check)."""
+    whose metadata equal its values, e.g. {"split": "test"} or {"session": "Session3"}. With
+    `options.num_beams` > 1 the transcript and descriptor are decoded with beam search; the emotion is
+    scored after the best beam. `options.listening` adds, for rows with reference fields, the listening
+    check (SpeechEmotionLLM.listening_check)."""
     import ray
     import ray.data
 
     from sed_ray.ray_env import ensure_ray
 
-    if num_beams < 1 or max_new_tokens < 1:
-        raise ValueError(f"num_beams ({num_beams}) and max_new_tokens ({max_new_tokens}) must be at least 1")
+    problems = options.problems() + [p for p in [_name_problem("task", options.task, TASKS_NAMES),
+                                                 _name_problem("descriptors", options.descriptors, DESCRIPTOR_SOURCES)] if p]
+    if problems:
+        raise ValueError("invalid inference options:\n  - " + "\n  - ".join(problems))
     ensure_ray()
     kind, rows = list_inputs(inputs)
     if kind == "shards":
@@ -173,12 +170,10 @@ def run_inference(checkpoint: str, inputs: str | os.PathLike, *, where: dict | N
             raise ValueError(f"no input rows in {inputs}")
         dataset = ray.data.from_items(rows).map(decode_row)
     gpus = ray.cluster_resources().get("GPU", 0)
-    pool = actors or max(1, int(gpus) if gpus else min(2, int(ray.cluster_resources().get("CPU", 1)) // 2 or 1))
+    pool = options.actors or max(1, int(gpus) if gpus else min(2, int(ray.cluster_resources().get("CPU", 1)) // 2 or 1))
     predictions = dataset.map_batches(
-        Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "task": task, "descriptors": descriptors,
-                                          "latents": latents, "max_new_tokens": max_new_tokens,
-                                          "num_beams": num_beams, "listening": listening},
-        batch_size=batch_size, concurrency=pool, num_gpus=1 if gpus else 0, num_cpus=1, batch_format="default")
+        Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "options": options},
+        batch_size=options.batch_size, concurrency=pool, num_gpus=1 if gpus else 0, num_cpus=1, batch_format="default")
     predictions.context.execution_options.preserve_order = True
     return [dict(r) for r in predictions.iter_rows()]
 
@@ -196,15 +191,9 @@ def write_predictions(records: list[dict], out: str | os.PathLike) -> tuple[Path
     columns = ["id", "source", *META, "emotion_pred", "transcript", "descriptor_pred", "descriptor_generated",
                "descriptor_draft", "posterior"]
     table = pa.Table.from_pylist([{k: _plain(r.get(k)) for k in columns} for r in good])
-    errors = out / "errors.jsonl"
-    tmp_errors = out / ".errors.jsonl.tmp"
-    tmp_errors.write_text("".join(json.dumps({"id": r["id"], "source": r.get("source"), "error": r["error"]}) + "\n"
-                                  for r in bad))
-    os.replace(tmp_errors, errors)
-    path = out / "predictions.parquet"
-    tmp = out / ".predictions.parquet.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    errors = atomic_write_text(out / "errors.jsonl", "".join(
+        json.dumps({"id": r["id"], "source": r.get("source"), "error": r["error"]}) + "\n" for r in bad))
+    path = atomic_write(out / "predictions.parquet", lambda tmp: pq.write_table(table, tmp))
     return path, errors
 
 
@@ -215,3 +204,7 @@ def failed(record: dict) -> bool:
 
 def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _name_problem(key: str, value: str, valid) -> str | None:
+    return None if value in valid else f"{key}: {value!r} is not one of {', '.join(valid)}"

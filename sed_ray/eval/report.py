@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sed_ray.files import atomic_write_text
+
 
 def _figure_png(fig) -> bytes:
     buffer = io.BytesIO()
@@ -235,8 +237,4 @@ window.addEventListener("load", function () {{
 </script>
 </body></html>
 """
-    path = out / "report.html"
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(out / "report.html", page)

@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sed_ray.model.prompt import IGNORE
+
 BANK_PAD = -1  # an unused token place in the bank
 
 
@@ -128,30 +130,29 @@ class DescriptorDraft(nn.Module):
         return bank_KT[best_B].clamp(min=0), valid_KT[best_B], best_B
 
 
-def bag_of_words_loss(logp_BV: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
-    """Minus the mean log-probability of each reference descriptor's tokens, averaged over the rows that
-    have one (an empty one is skipped: a corpus without a descriptor for that utterance)."""
-    rows = [i for i, t in enumerate(targets) if t]
-    if not rows:
-        return logp_BV.sum() * 0.0
-    per_row = [-logp_BV[i, torch.tensor(targets[i], device=logp_BV.device)].mean() for i in rows]
-    return torch.stack(per_row).mean()
+def bag_of_words_loss(logp_BV: torch.Tensor, ids_BD: torch.Tensor) -> torch.Tensor:
+    """Minus the mean log-probability of each reference descriptor's tokens (`ids_BD`, right-padded with
+    IGNORE), averaged over the rows that have one (an empty one is skipped: a corpus without a descriptor
+    for that utterance). No host synchronisation."""
+    valid_BD = ids_BD != IGNORE
+    counts_B = valid_BD.sum(-1)
+    per_row_B = -(logp_BV.gather(1, ids_BD.clamp(min=0)) * valid_BD).sum(-1) / counts_B.clamp(min=1)
+    has_B = (counts_B > 0).to(per_row_B.dtype)
+    return (per_row_B * has_B).sum() / has_B.sum().clamp(min=1)
 
 
 def draft_tokens(ids_BT: torch.Tensor, valid_BT: torch.Tensor, embedding_VH: torch.Tensor,
-                 references: list[list[int] | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token embeddings B x T x H, valid B x T) for the slot: the retrieved descriptors, except that a
-    row whose `references[i]` is a list gets those ids instead (teacher forcing, cut to T)."""
-    ids_BT, valid_BT = ids_BT.clone(), valid_BT.clone()
-    for row, ids in enumerate(references or []):
-        if ids is None:
-            continue
-        ids = list(ids)[:ids_BT.shape[1]]
-        ids_BT[row] = 0
-        valid_BT[row] = False
-        if ids:
-            ids_BT[row, :len(ids)] = torch.tensor(ids, device=ids_BT.device)
-            valid_BT[row, :len(ids)] = True
+                 references: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token embeddings B x T x H, valid B x T) for the slot: the retrieved descriptors, except that the
+    rows `use_B` of `references = (ids_BD, use_B)` get their reference ids instead (teacher forcing, cut
+    to T; ids_BD right-padded with IGNORE)."""
+    if references is not None:
+        ref_BD, use_B = references
+        width = ids_BT.shape[1]
+        ref_BT = torch.nn.functional.pad(ref_BD[:, :width], (0, max(0, width - ref_BD.shape[1])), value=IGNORE)
+        use_B1 = use_B.to(ids_BT.device)[:, None]
+        ids_BT = torch.where(use_B1, ref_BT.clamp(min=0).to(ids_BT.dtype), ids_BT)
+        valid_BT = torch.where(use_B1, ref_BT != IGNORE, valid_BT)
     weight_VH = embedding_VH.detach()
     return weight_VH[ids_BT] * valid_BT[..., None].to(weight_VH.dtype), valid_BT
 

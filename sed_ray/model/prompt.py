@@ -19,6 +19,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
+IGNORE = -100  # a token place that is not scored (the label the loss skips), and the padding of id tensors
 FIELD_TITLES = {"transcript": "Transcript", "descriptor": "Descriptor", "emotion": "Emotion"}
 STREAM_MARKERS = {"content": "<|speech_content|>", "descriptor": "<|speech_style|>"}
 _LINE = re.compile(r"^\s*(Transcript|Descriptor|Emotion)\s*:\s*(.*?)\s*$", re.MULTILINE)
@@ -106,6 +107,11 @@ class PromptBuilder:
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def descriptor_ids(self, values: dict) -> list[int]:
+        """The descriptor's token ids as the descriptor draft reads and writes it (the target's wording,
+        no title; [] when there is none)."""
+        return self.encode(" ".join(str(values.get("descriptor") or "").split()))
 
     def target_ids(self, task: Task, values: dict) -> list[int]:
         return self.encode(target_text(task, values)) + [self.tokenizer.eos_token_id]

@@ -15,22 +15,18 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from sed_ray.config import ModelConfig
 from sed_ray.model.adapter import Adapter
 from sed_ray.model.bottleneck import DisentanglementBlock
-from sed_ray.model.config import ModelConfig
 from sed_ray.model.draft import DescriptorDraft, bag_of_words_loss, draft_tokens, valid_first
 from sed_ray.model.encoder import SpeechEncoder
-from sed_ray.model.prompt import PromptBuilder, Task, get_task, parse_output
+from sed_ray.model.prompt import IGNORE, PromptBuilder, Task, get_task, parse_output
 
 BRANCHES = ("content", "descriptor")
 DESCRIPTOR_SOURCES = ("predicted", "generated", "ground-truth")  # what predict() scores the emotion after
 TRAINABLE_GROUPS = ("content_block", "content_adapter", "descriptor_block", "descriptor_adapter", "descriptor_draft",
                     "lora")
-IGNORE = -100
-
-
-def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # ModelConfig.dtype
 
 
 @dataclass
@@ -81,7 +77,7 @@ class SpeechEmotionLLM(nn.Module):
         wrap the LLM with LoRA, add fresh blocks and adapters."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        dtype = _dtype(config.dtype)
+        dtype = DTYPES[config.dtype]
         encoder = SpeechEncoder.from_pretrained(config.encoder, config.encoder_normalize, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(config.llm, trust_remote_code=False)
         llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, trust_remote_code=False)
@@ -135,23 +131,19 @@ class SpeechEmotionLLM(nn.Module):
         no-descriptor ablation, which must not see descriptor supervision)."""
         return self.draft is not None and "descriptor" in task.fields and "descriptor" in task.inputs
 
-    def descriptor_ids(self, values: dict) -> list[int]:
-        """The descriptor's token ids as the draft reads and writes it (the target's wording, no title)."""
-        return self.prompts.encode(" ".join(str(values.get("descriptor") or "").split()))
-
     def set_descriptor_bank(self, descriptors: list[str]) -> int:
         """Fill the draft's bank with these descriptors (training ones; see `draft.py`) -> how many it
         holds. A no-op returning 0 for a model without a draft."""
         if self.draft is None:
             return 0
-        self.draft.set_bank([self.descriptor_ids({"descriptor": d}) for d in descriptors])
+        self.draft.set_bank([self.prompts.descriptor_ids({"descriptor": d}) for d in descriptors])
         return self.draft.bank_count
 
     def encode_for(self, task: Task, hidden_LBFD: torch.Tensor, mask_BF: torch.Tensor,
-                   draft_references: list[list[int] | None] | None = None):
+                   draft_references: tuple[torch.Tensor, torch.Tensor] | None = None):
         """The task's streams from encoder outputs -> (streams, KLs, DraftGuess or None). With the draft,
-        the speaking-style stream starts with the retrieved descriptor's tokens (or, for the rows of
-        `draft_references` that are not None, those ids), then the branch's frame pseudo-tokens."""
+        the speaking-style stream starts with the retrieved descriptor's tokens (or, for the rows `use_B`
+        of `draft_references = (ids_BD, use_B)`, those reference ids), then the branch's frame pseudo-tokens."""
         streams, kls = self.encode_hidden(hidden_LBFD, mask_BF, task.inputs)
         if not self.uses_draft(task):
             return streams, kls, None
@@ -169,77 +161,94 @@ class SpeechEmotionLLM(nn.Module):
         """The retrieved descriptors as text ("" where the bank was empty)."""
         return [self.prompts.decode(ids[valid].tolist()) for ids, valid in zip(guess.ids_BT, guess.valid_BT)]
 
-    def _assemble(self, task: Task, streams, targets: list[list[int]], scored: list[list[bool]],
+    def _piece_ids(self, task: Task, device: torch.device) -> list[tuple[str, object]]:
+        """The prompt's pieces with token ids as tensors on `device`, made once per task and device."""
+        cache = self.__dict__.setdefault("_pieces_cache", {})
+        key = (task.name, str(device))
+        if key not in cache:
+            cache[key] = [(kind, torch.tensor(payload, device=device) if kind == "ids" else payload)
+                          for kind, payload in self.prompts.pieces(task.name)]
+        return cache[key]
+
+    def _assemble(self, task: Task, streams, target_ids_BS: torch.Tensor, scored_BS: torch.Tensor | None = None,
                   repeat: int = 1):
-        """Left-padded inputs_embeds for prompt + streams + target ids; labels only where `scored`.
-        Sample i of the output uses stream row i // repeat (label scoring repeats each utterance)."""
+        """Left-padded inputs_embeds for prompt + streams + targets, and labels at the scored target tokens.
+        `target_ids_BS`: right-padded with IGNORE (width 0 for none); `scored_BS`: which of them are scored
+        (default: all). Row i uses stream row i // repeat (label scoring repeats each utterance).
+
+        Built for all rows at once: every piece at its full width with a validity mask, then each row's
+        valid places moved, in order, to its end (left padding)."""
         embed = self.llm.get_input_embeddings()
         device = embed.weight.device
-        rows, labels = [], []
-        pieces = self.prompts.pieces(task.name)
-        for i, (target, score) in enumerate(zip(targets, scored)):
-            parts, row_labels = [], []
-            for kind, payload in pieces:
-                if kind == "ids":
-                    parts.append(embed(torch.tensor(payload, device=device)))
-                    row_labels += [IGNORE] * len(payload)
-                else:
-                    tokens_BNH, mask_BN = streams[payload]
-                    n = int(mask_BN[i // repeat].sum())
-                    parts.append(tokens_BNH[i // repeat, :n])
-                    row_labels += [IGNORE] * n
-            if target:
-                parts.append(embed(torch.tensor(target, device=device)))
-                row_labels += [t if s else IGNORE for t, s in zip(target, score)]
-            rows.append(torch.cat(parts, dim=0))
-            labels.append(row_labels)
-        longest = max(r.shape[0] for r in rows)
-        width = rows[0].shape[1]
-        inputs_BSH = rows[0].new_zeros(len(rows), longest, width)
-        attention_BS = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
-        labels_BS = torch.full((len(rows), longest), IGNORE, dtype=torch.long, device=device)
-        for i, (row, row_labels) in enumerate(zip(rows, labels)):
-            inputs_BSH[i, longest - row.shape[0]:] = row
-            attention_BS[i, longest - row.shape[0]:] = 1
-            labels_BS[i, longest - row.shape[0]:] = torch.tensor(row_labels, device=device)
+        rows = target_ids_BS.shape[0]
+        source_B = torch.arange(rows, device=device) // repeat
+        parts, valid, labels = [], [], []
+        for kind, payload in self._piece_ids(task, device):
+            if kind == "ids":
+                parts.append(embed(payload)[None].expand(rows, -1, -1))
+                valid.append(torch.ones(rows, len(payload), dtype=torch.bool, device=device))
+            else:
+                tokens_BNH, mask_BN = streams[payload]
+                parts.append(tokens_BNH[source_B])
+                valid.append(mask_BN[source_B].bool())
+            labels.append(torch.full(valid[-1].shape, IGNORE, dtype=torch.long, device=device))
+        target_valid_BS = target_ids_BS != IGNORE
+        scored_BS = target_valid_BS if scored_BS is None else scored_BS & target_valid_BS
+        parts.append(embed(target_ids_BS.clamp(min=0)))
+        valid.append(target_valid_BS)
+        labels.append(torch.where(scored_BS, target_ids_BS, IGNORE))
+        valid_BW = torch.cat(valid, dim=1)
+        order_BW = torch.argsort(valid_BW.to(torch.int8), dim=1, stable=True)  # padding first, then in order
+        width = int(valid_BW.sum(1).max())  # the longest row: one host sync per batch
+        order_BS = order_BW[:, order_BW.shape[1] - width:]
+        inputs_BWH = torch.cat(parts, dim=1)
+        attention_BS = torch.gather(valid_BW, 1, order_BS)
+        inputs_BSH = torch.gather(inputs_BWH, 1, order_BS[..., None].expand(-1, -1, inputs_BWH.shape[-1]))
+        inputs_BSH = inputs_BSH * attention_BS[..., None].to(inputs_BSH.dtype)  # padding embeds as zeros
+        labels_BS = torch.gather(torch.cat(labels, dim=1), 1, order_BS).masked_fill(~attention_BS, IGNORE)
+        attention_BS = attention_BS.long()
         position_BS = (attention_BS.cumsum(-1) - 1).clamp(min=0)
         return inputs_BSH, attention_BS, position_BS, labels_BS
 
     # --- training -----------------------------------------------------------------------------------
-    def forward(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, targets: list[dict], task: str,
-                beta: dict[str, float] | None = None, draft_teacher_share: float = 0.0) -> LossOutput:
+    def forward(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, target_ids_BS: torch.Tensor, task: str,
+                beta: dict[str, float] | None = None, draft_teacher_share: float = 0.0,
+                descriptor_ids_BD: torch.Tensor | None = None) -> LossOutput:
         """Loss = cross-entropy on target tokens + sum over the task's branches of beta[b] * KL[b]
-        (+ the descriptor draft's weighted bag-of-words loss). `targets[i]` holds the utterance's transcript,
-        descriptor and emotion. `draft_teacher_share`: the expected share of rows whose slot gets the
-        reference descriptor instead of the draft's hypothesis (so the LLM first learns to read the slot)."""
+        (+ the descriptor draft's weighted bag-of-words loss). Tensors only: `target_ids_BS` are the task's
+        target tokens and `descriptor_ids_BD` the reference descriptor's (the draft's bag-of-words target),
+        both right-padded with IGNORE, as `data/collate.py` builds them. `draft_teacher_share`: the
+        expected share of rows whose slot gets the reference descriptor instead of the draft's hypothesis
+        (so the LLM first learns to read the slot)."""
         spec = get_task(task)
         hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)
-        descriptors = references = None
+        references = None
         if self.uses_draft(spec):
-            descriptors = [self.descriptor_ids(t) for t in targets]  # the draft's bag-of-words targets
-            chosen = (torch.rand(len(targets)) < draft_teacher_share).tolist()
-            references = [ids if pick else None for ids, pick in zip(descriptors, chosen)]
+            if descriptor_ids_BD is None:
+                raise ValueError(f"task {task!r} with a descriptor draft needs descriptor_ids_BD (data/collate.py)")
+            use_B = torch.rand(target_ids_BS.shape[0]) < draft_teacher_share  # CPU generator, seeded per rank
+            references = (descriptor_ids_BD, use_B)
         streams, kls, guess = self.encode_for(spec, hidden_LBFD, mask_BF, references)
-        ids = [self.prompts.target_ids(spec, t) for t in targets]
-        inputs, attention, positions, labels = self._assemble(spec, streams, ids, [[True] * len(x) for x in ids])
+        inputs, attention, positions, labels = self._assemble(spec, streams, target_ids_BS)
         out = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions, labels=labels,
                        use_cache=False)
         beta = beta or {}
         loss = out.loss + sum(float(beta.get(b, 0.0)) * kls[b] for b in spec.inputs)
         draft_bow = None
         if guess is not None:
-            draft_bow = bag_of_words_loss(guess.logp_BV, descriptors)
+            draft_bow = bag_of_words_loss(guess.logp_BV, descriptor_ids_BD)
             loss = loss + self.config.draft_loss_weight * draft_bow
         return LossOutput(loss=loss, ce=out.loss.detach(), kl={b: k.detach() for b, k in kls.items()},
                           target_tokens=int((labels != IGNORE).sum()), sequence_tokens=int(attention.sum()),
                           draft_bow=None if draft_bow is None else draft_bow.detach())
 
     # --- inference ----------------------------------------------------------------------------------
-    def _token_logp(self, spec: Task, streams, targets: list[list[int]], scored: list[list[bool]],
+    def _token_logp(self, spec: Task, streams, target_ids_BS: torch.Tensor, scored_BS: torch.Tensor | None = None,
                     repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row and position: the log-probability of the next token where it is scored (0 elsewhere),
         and where that is. Rows are left-padded, so each row's target ends at the last position."""
-        inputs, attention, positions, label_ids = self._assemble(spec, streams, targets, scored, repeat=repeat)
+        inputs, attention, positions, label_ids = self._assemble(spec, streams, target_ids_BS, scored_BS,
+                                                                 repeat=repeat)
         logits = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions,
                           use_cache=False).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
@@ -247,10 +256,10 @@ class SpeechEmotionLLM(nn.Module):
         mask = next_ids != IGNORE
         return logp.gather(-1, next_ids.clamp(min=0)[..., None])[..., 0] * mask, mask
 
-    def _target_logp(self, spec: Task, streams, targets: list[list[int]], scored: list[list[bool]],
+    def _target_logp(self, spec: Task, streams, target_ids_BS: torch.Tensor, scored_BS: torch.Tensor,
                      repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: summed log-probability of its scored target tokens, and how many there are."""
-        token_logp, mask = self._token_logp(spec, streams, targets, scored, repeat)
+        token_logp, mask = self._token_logp(spec, streams, target_ids_BS, scored_BS, repeat)
         return token_logp.sum(-1), mask.sum(-1)
 
     @torch.no_grad()
@@ -265,69 +274,70 @@ class SpeechEmotionLLM(nn.Module):
             for cont in continuations:
                 targets.append(prefix + cont)
                 scored.append([False] * len(prefix) + [True] * len(cont))
-        scores, _ = self._target_logp(spec, streams, targets, scored, repeat=len(labels))
+        device = self.llm.get_input_embeddings().weight.device
+        target_ids_BS = pad_ids(targets, device)
+        scored_BS = pad_ids([[int(x) for x in row] for row in scored], device, pad=0).bool()
+        scores, _ = self._target_logp(spec, streams, target_ids_BS, scored_BS, repeat=len(labels))
         return torch.softmax(scores.view(len(prefixes), len(labels)), dim=-1)
 
     @torch.no_grad()
-    def listening_check(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, targets: list[dict],
-                        task: str = "joint") -> dict[str, list]:
+    def listening_check(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, target_ids_BS: torch.Tensor,
+                        task: str = "joint", fields_BS: torch.Tensor | None = None) -> dict[str, list]:
         """Does the model use what it hears? The reference target's negative log-likelihood (nats, summed
         over its tokens; teacher-forced, z = mu) given the utterance's own audio, given silence of the same
         length (only the duration is left), and given the next utterance's audio in the batch (None for a
         batch of one). Same figures for all three: the model ignores the audio beyond its length.
 
-        `fields` splits the same sums by target field (PromptBuilder.token_fields), one dict per row:
-        {field: {"tokens", "own", "silence", "other"}}, or None where the tokenizer gives no offsets. The
-        transcript's tokens outnumber the others, so a whole-target figure can hide whether the audio
-        moves the descriptor and the emotion."""
+        `fields_BS` (each target token's index in the task's field list, -1 where unknown or padding;
+        `data/collate.py`) splits the same sums by target field, one dict per row: {field: {"tokens", "own",
+        "silence", "other"}}, or None for a row without field indices. The transcript's tokens outnumber the
+        others, so a whole-target figure can hide whether the audio moves the descriptor and the emotion."""
         spec = get_task(task)
         was_training = self.training
         self.eval()
-        ids = [self.prompts.target_ids(spec, t) for t in targets]
-        scored = [[True] * len(x) for x in ids]
-        owners = [self.prompts.token_fields(spec, t) for t in targets]
+        valid_BS = target_ids_BS != IGNORE
+        counts_B = valid_BS.sum(-1)
 
         def nll(hidden_LBFD, mask_BF):
             streams, _, _ = self.encode_for(spec, hidden_LBFD, mask_BF)
-            token_logp, _ = self._token_logp(spec, streams, ids, scored)
-            per_field = []
-            for row, (target, owner) in enumerate(zip(ids, owners)):
-                if owner is None:
-                    per_field.append(None)
-                    continue
-                # the row's n target tokens are predicted at its last n positions (left padding)
-                tokens = (-token_logp[row, token_logp.shape[1] - len(target):]).tolist()
-                sums = {f: 0.0 for f in spec.fields}
-                for field, value in zip(owner, tokens):
-                    sums[field] += value
-                per_field.append(sums)
-            return (-token_logp.sum(-1)).tolist(), per_field
+            token_logp, _ = self._token_logp(spec, streams, target_ids_BS)
+            # the row's n target tokens are predicted at its last n positions (left padding)
+            last = token_logp.shape[1] - 1
+            index_BS = (last + 1 - counts_B[:, None] + torch.arange(target_ids_BS.shape[1], device=counts_B.device))
+            per_token_BS = -token_logp.gather(1, index_BS.clamp(0, last)) * valid_BS
+            per_field_BF = None
+            if fields_BS is not None:
+                per_field_BF = torch.stack([(per_token_BS * (fields_BS == f)).sum(-1)
+                                            for f in range(len(spec.fields))], -1)
+            return (-token_logp.sum(-1)).tolist(), per_field_BF
 
         hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)
         own, own_fields = nll(hidden_LBFD, mask_BF)
         silence, silence_fields = nll(*self.encoder(torch.zeros_like(pcm_BT), lengths_B))
-        other, other_fields = [None] * len(ids), [None] * len(ids)
-        if len(ids) > 1:  # the batch's own encoder outputs, one row on: no second encoder pass
-            shift = torch.roll(torch.arange(len(ids), device=pcm_BT.device), -1)
+        rows = target_ids_BS.shape[0]
+        other, other_fields = [None] * rows, None
+        if rows > 1:  # the batch's own encoder outputs, one row on: no second encoder pass
+            shift = torch.roll(torch.arange(rows, device=pcm_BT.device), -1)
             other, other_fields = nll(hidden_LBFD[:, shift], mask_BF[shift])
-        fields = []
-        for row, owner in enumerate(owners):
-            if owner is None:
-                fields.append(None)
-                continue
-            fields.append({f: {"tokens": owner.count(f), "own": own_fields[row][f], "silence": silence_fields[row][f],
-                               "other": None if other_fields[row] is None else other_fields[row][f]}
-                           for f in spec.fields})
+        fields = [None] * rows
+        if fields_BS is not None:
+            known_B = (((fields_BS >= 0) | ~valid_BS).all(-1) & valid_BS.any(-1)).tolist()
+            tokens_BF = torch.stack([(fields_BS == f).sum(-1) for f in range(len(spec.fields))], -1).tolist()
+            sums = {"own": own_fields, "silence": silence_fields, "other": other_fields}
+            sums = {k: None if v is None else v.tolist() for k, v in sums.items()}
+            fields = [{f: {"tokens": tokens_BF[row][i], **{k: None if v is None else v[row][i] for k, v in sums.items()}}
+                       for i, f in enumerate(spec.fields)} if known_B[row] else None for row in range(rows)]
         self.train(was_training)
         return {"nll_own": own, "nll_silence": silence, "nll_other": other,
-                "target_tokens": [len(x) for x in ids], "fields": fields}
+                "target_tokens": counts_B.tolist(), "fields": fields}
 
     @torch.no_grad()
     def generate_text(self, streams, task: str, batch_size: int, max_new_tokens: int = 96,
                       num_beams: int = 1) -> list[str]:
         spec = get_task(task)
-        inputs, attention, positions, _ = self._assemble(spec, streams, [[] for _ in range(batch_size)],
-                                                         [[] for _ in range(batch_size)])
+        device = self.llm.get_input_embeddings().weight.device
+        no_target_BS = torch.full((batch_size, 0), IGNORE, dtype=torch.long, device=device)
+        inputs, attention, positions, _ = self._assemble(spec, streams, no_target_BS)
         tok = self.tokenizer
         out = self.llm.generate(inputs_embeds=inputs, attention_mask=attention, max_new_tokens=max_new_tokens,
                                 num_beams=num_beams, do_sample=False, eos_token_id=tok.eos_token_id,
@@ -359,7 +369,8 @@ class SpeechEmotionLLM(nn.Module):
         hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)  # once, for the streams and the latents
         given = None  # in ground-truth mode the slot holds the reference descriptor too, not the draft's guess
         if descriptors == "ground-truth" and self.uses_draft(spec):
-            given = [self.descriptor_ids(r) for r in references]
+            ids_BD = pad_ids([self.prompts.descriptor_ids(r) for r in references], hidden_LBFD.device)
+            given = (ids_BD, torch.ones(ids_BD.shape[0], dtype=torch.bool))
         streams, _, guess = self.encode_for(spec, hidden_LBFD, mask_BF, given)
         texts = self.generate_text(streams, task, pcm_BT.shape[0], max_new_tokens, num_beams)
         drafts = self.draft_texts(guess) if guess is not None else [None] * len(texts)
@@ -402,3 +413,12 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable}
+
+
+def pad_ids(lists: list[list[int]], device: torch.device, pad: int = IGNORE) -> torch.Tensor:
+    """Ragged token lists (made at inference: label continuations) -> B x S int64, right-padded."""
+    width = max((len(x) for x in lists), default=0)
+    out = torch.full((len(lists), width), pad, dtype=torch.long)
+    for row, ids in enumerate(lists):
+        out[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out.to(device)

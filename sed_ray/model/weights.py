@@ -1,5 +1,12 @@
-"""Save and load the trainable parts of a model (layer weights, blocks, adapters, LoRA) as safetensors,
-next to the JSON config that rebuilds the rest from its base checkpoints. Nothing is unpickled."""
+"""The trained-model folder: the trainable parts of a model (layer weights, blocks, adapters, LoRA, the
+draft) as safetensors, next to the JSON config that rebuilds the rest from its base checkpoints.
+Nothing is unpickled.
+
+    FOLDER/trainable.safetensors   WEIGHTS
+    FOLDER/model_config.json       CONFIG
+
+A training checkpoint holds one under MODEL_DIR (`model/`); `model_folder` resolves either to it, so
+evaluation and inference load a trained model through this module alone."""
 
 from __future__ import annotations
 
@@ -9,10 +16,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sed_ray.model.config import ModelConfig
+from sed_ray.config import ModelConfig
 
 WEIGHTS = "trainable.safetensors"
 CONFIG = "model_config.json"
+MODEL_DIR = "model"  # inside a training checkpoint
 
 
 def storable(tensor: torch.Tensor) -> torch.Tensor:
@@ -22,21 +30,42 @@ def storable(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu", dtype).contiguous()
 
 
-def save_trainable(model, folder: str | Path) -> Path:
+def write_model_folder(folder: str | Path, state: dict[str, torch.Tensor], config: dict) -> Path:
+    """Write trainable weights `state` and the model config (ModelConfig.to_dict()) as a model folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {name: storable(t) for name, t in model.trainable_state_dict().items()}
-    save_file(state, str(folder / WEIGHTS), metadata={"format": "sed-ray", "version": "1"})
-    (folder / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
+    save_file({name: storable(t) for name, t in state.items()}, str(folder / WEIGHTS),
+              metadata={"format": "sed-ray", "version": "1"})
+    (folder / CONFIG).write_text(json.dumps(config, indent=2))
     return folder
+
+
+def save_trainable(model, folder: str | Path) -> Path:
+    return write_model_folder(folder, model.trainable_state_dict(), model.config.to_dict())
+
+
+def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(folder) / WEIGHTS
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: not a sed-ray model checkpoint folder")
+    return load_file(str(path))
+
+
+def model_folder(path: str | Path) -> Path:
+    """A model folder, or a training checkpoint holding one under model/ -> the model folder."""
+    path = Path(path).expanduser().resolve()
+    if (path / WEIGHTS).exists():
+        return path
+    if (path / MODEL_DIR / WEIGHTS).exists():
+        return path / MODEL_DIR
+    raise FileNotFoundError(f"{path} is neither a model folder ({WEIGHTS}) nor a training checkpoint "
+                            f"({MODEL_DIR}/{WEIGHTS})")
 
 
 def load_trainable(model, folder: str | Path) -> None:
     """Copy saved trainable weights into `model`; the key sets must match exactly."""
     path = Path(folder) / WEIGHTS
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: not a sed-ray model checkpoint folder")
-    saved = load_file(str(path))
+    saved = read_weights(folder)
     current = dict(model.trainable_state_dict())
     missing, unexpected = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
     if missing or unexpected:

@@ -1,6 +1,6 @@
 """A training checkpoint: model weights, optimizer state and the position in the schedule.
 
-    model/trainable.safetensors + model/model_config.json   every trainable group (model/weights.py)
+    model/                                                  a model folder: every trainable group (model/weights.py)
     optimizer.safetensors                                   Adam moments of the stage's trainable params
     position.json                                           step, stage, round, epoch, batches, beta, lr,
                                                             optimizer step count, the resolved config
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sed_ray.model.weights import load_trainable, storable
+from sed_ray.model.weights import MODEL_DIR, load_trainable, read_weights, write_model_folder
 
 POSITION = "position.json"
 OPTIMIZER = "optimizer.safetensors"
@@ -45,10 +45,7 @@ def write_checkpoint(model_state: dict[str, torch.Tensor], config_dict: dict, op
                      position: TrainPosition, run_config: dict, staging_root: str | Path | None = None) -> Path:
     """Write a checkpoint folder under a fresh temporary directory and return it (rank 0 only)."""
     folder = Path(tempfile.mkdtemp(prefix="sed-ray-ckpt-", dir=staging_root))
-    (folder / "model").mkdir()
-    save_file({k: storable(v) for k, v in model_state.items()},
-              str(folder / "model" / "trainable.safetensors"), metadata={"format": "sed-ray", "version": "1"})
-    (folder / "model" / "model_config.json").write_text(json.dumps(config_dict, indent=2))
+    write_model_folder(folder / MODEL_DIR, model_state, config_dict)
     save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in optimizer_state.items()},
               str(folder / OPTIMIZER))
     (folder / POSITION).write_text(json.dumps({**position.to_dict(), "config": run_config}, indent=2))
@@ -68,5 +65,5 @@ def read_optimizer_state(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def restore_model(model, folder: str | Path) -> dict[str, torch.Tensor]:
     """Load the checkpoint's trainable weights into `model`; returns them (fp32) for the optimiser."""
-    load_trainable(model, Path(folder) / "model")
-    return load_file(str(Path(folder) / "model" / "trainable.safetensors"))
+    load_trainable(model, Path(folder) / MODEL_DIR)
+    return read_weights(Path(folder) / MODEL_DIR)

@@ -80,11 +80,12 @@ class RayTrainContext:
 class LocalContext:
     """One process, no Ray: the plain pyarrow stream, checkpoints in RUN_DIR/checkpoints/step-NNNNNNN."""
 
-    def __init__(self, run_dir: str | Path, shards: str | Path, stream_config, use_gpu: bool = False) -> None:
+    def __init__(self, run_dir: str | Path, shards: str | Path, stream_config, use_gpu: bool = False,
+                 train_split: str = "train") -> None:
         self.rank, self.world_size = 0, 1
         self.device = _device(use_gpu, 0)
         self.run_dir = Path(run_dir)
-        self.shards = shards
+        self.shards, self.train_split = shards, train_split
         self.stream_config = stream_config
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
@@ -93,7 +94,7 @@ class LocalContext:
 
         from sed_ray.data.stream import plain_batches
 
-        config = self.stream_config if split == "train" else replace(self.stream_config, shuffle=False)
+        config = self.stream_config if split == self.train_split else replace(self.stream_config, shuffle=False)
         return plain_batches(self.shards, split, config, epoch=epoch)
 
     def latest_checkpoint(self) -> Path | None:

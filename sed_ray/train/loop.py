@@ -1,6 +1,8 @@
-"""The per-worker training loop: build, resume, run the stage schedule over the stream, validate,
-checkpoint. Written against `TrainContext`, so it runs under Ray Train and in a plain process alike;
-it imports neither Ray nor DeepSpeed itself."""
+"""The per-worker training loop, in named steps: build, resume, run a stage, log, validate, checkpoint.
+
+Written against `TrainContext`, so it runs under Ray Train and in a plain process alike; it imports
+neither Ray nor DeepSpeed itself. `train_worker` is the whole loop; `WorkerRun` holds one step each.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from sed_ray.model.speech_llm import SpeechEmotionLLM, count_parameters
 from sed_ray.train.checkpoint import (TrainPosition, read_optimizer_state, read_position, restore_model,
                                       write_checkpoint)
 from sed_ray.train.context import TrainContext
-from sed_ray.train.step import StageRunner, batch_targets, lr_at
+from sed_ray.train.schedules import beta_for, lr_at
+from sed_ray.train.stages import Position, schedule_for
+from sed_ray.train.step import StageRunner
 from sed_ray.train.tracking import Tracker, peak_flops
 
 
@@ -55,18 +59,19 @@ def validate(model, context: TrainContext, task: str, config: TrainConfig) -> di
         if index >= config.validation.max_batches:
             break
         batch = batch.to(context.device)
-        targets = batch_targets(batch)
         with torch.no_grad():
-            out = model(batch.pcm_BT, batch.lengths_B, targets, task)
+            out = model(batch.pcm_BT, batch.lengths_B, batch.targets[task], task,
+                        descriptor_ids_BD=batch.descriptor_ids_BD)
         totals[0] += 1
         totals[1] += float(out.ce) * out.target_tokens
         totals[2] += out.target_tokens
         for i, branch in enumerate(spec.inputs):
             totals[3 + i] += float(out.kl[branch])
         if "emotion" in spec.fields:
-            for target, row in zip(targets, model.predict(batch.pcm_BT, batch.lengths_B, task, max_new_tokens=64)):
-                if target["emotion"] in labels:
-                    confusion[labels.index(target["emotion"]), labels.index(row["emotion"])] += 1
+            for truth, row in zip(batch.meta["emotion"], model.predict(batch.pcm_BT, batch.lengths_B, task,
+                                                                       max_new_tokens=64)):
+                if truth in labels:
+                    confusion[labels.index(truth), labels.index(row["emotion"])] += 1
     totals = context.all_reduce_sum(totals.to(context.device)).cpu()
     confusion = context.all_reduce_sum(confusion.to(context.device)).cpu()
     model.train()
@@ -81,111 +86,140 @@ def validate(model, context: TrainContext, task: str, config: TrainConfig) -> di
     return result
 
 
-def train_worker(config: TrainConfig, context: TrainContext, draft_bank: list[str] | None = None) -> TrainPosition:
-    """Run (or resume) the whole stage schedule on this worker; returns the final position. `draft_bank`:
-    the training descriptors the descriptor draft chooses from (`launcher.descriptor_bank`), when the
-    model has a draft; a resumed run gets the bank back from its checkpoint."""
-    run_dir = config.run_dir
-    (run_dir / "workers").mkdir(parents=True, exist_ok=True)
-    (run_dir / "workers" / f"rank{context.rank}.pid").write_text(str(os.getpid()))  # ops: which process is which rank
-    torch.manual_seed(config.seed)  # identical initial weights on every rank
-    model = SpeechEmotionLLM.from_config(config.model.model_config()).to(context.device)
-    schedule, betas = config.stage_schedule(), config.beta_schedule()
-    total, boundaries = schedule.total_steps, set(schedule.boundaries())
-    tracker = Tracker(run_dir, config.to_dict(), context.rank, config.logging.wandb, config.logging.wandb_project,
-                      config.logging.wandb_mode)
-    if model.draft is not None:
-        held = model.set_descriptor_bank(draft_bank or [])
-        tracker.console(f"[train] descriptor draft: {held} training descriptors in its bank"
-                        + ("" if held else " (none: the draft will only learn, not fill the slot)"))
+class WorkerRun:
+    """One worker's run of the whole stage schedule. `draft_bank`: the training descriptors the descriptor
+    draft chooses from (`data.reads.descriptor_bank`), when the model has a draft; a resumed run gets the
+    bank back from its checkpoint."""
 
-    position, optimizer_tensors, saved_weights = TrainPosition(), {}, {}
-    resume_from = context.latest_checkpoint()
-    if resume_from is not None:
-        saved_weights = restore_model(model, resume_from)
-        position = read_position(resume_from)
-        optimizer_tensors = read_optimizer_state(resume_from)
-        tracker.log({"event": "resumed", "step": position.step, "stage": position.stage, "round": position.round,
-                     "beta": position.beta, "epoch": position.epoch, "batches_in_epoch": position.batches_in_epoch})
-        tracker.console(f"[train] resumed at step {position.step} ({position.stage}, round {position.round}, "
-                        f"beta {position.beta:.3g})")
-    torch.manual_seed(config.seed + 1000 * context.rank + position.step)  # reparameterisation noise per rank
-    stream = EpochStream(context, config.data.train_split, position.epoch, position.batches_in_epoch)
-    flops_peak = peak_flops()
-    llm_params = count_parameters(model.llm)["total"]
+    def __init__(self, config: TrainConfig, context: TrainContext, draft_bank: list[str] | None) -> None:
+        self.config, self.context, self.draft_bank = config, context, draft_bank or []
+        self.schedule = schedule_for(config)
+        self.total = self.schedule.total_steps
+        self.boundaries = set(self.schedule.boundaries())
+        self.betas = beta_for(config, self.total)
+        self.tracker = Tracker(config, context.rank)
+        self.position, self.runner, self.runner_index, self.window = TrainPosition(), None, -1, []
+        self.saved_weights: dict = {}
+        self.optimizer_tensors: dict = {}
 
-    runner, runner_index, window = None, -1, []
-    while position.step < total:
-        where = schedule.locate(position.step)
-        if where.index != runner_index:
-            if runner is not None:
-                runner.close()
-            runner = StageRunner(model, where.stage, device=context.device, weight_decay=config.optim.weight_decay,
-                                 betas=tuple(config.optim.betas), grad_clip=config.optim.grad_clip,
-                                 grad_accum=config.optim.grad_accum, deepspeed=config.deepspeed.enabled,
-                                 zero_stage=config.deepspeed.zero_stage, precision=_precision(config, context))
-            if optimizer_tensors and where.index == position.stage_index and where.step_in_stage > 0:
-                runner.restore(saved_weights, optimizer_tensors, position.optimizer_step)
-            optimizer_tensors, saved_weights = {}, {}
-            runner_index = where.index
-            tracker.console(f"[train] {where.stage.name} (round {where.round + 1}/{schedule.rounds}): task "
-                            f"{where.stage.task}, trains {', '.join(where.stage.trains)}, {where.stage.steps} steps")
-        lr = lr_at(where.stage, where.step_in_stage, config.optim.warmup_steps, config.optim.decay,
-                   config.optim.min_lr_ratio)
-        runner.set_lr(lr)
-        beta = betas(position.step)
-        batches = [stream.next() for _ in range(config.optim.grad_accum)]
+    def build(self) -> None:
+        """The model with identical initial weights on every rank, and the draft's bank."""
+        run_dir, rank = self.config.run_dir, self.context.rank
+        (run_dir / "workers").mkdir(parents=True, exist_ok=True)
+        (run_dir / "workers" / f"rank{rank}.pid").write_text(str(os.getpid()))  # ops: which process is which rank
+        torch.manual_seed(self.config.seed)
+        self.model = SpeechEmotionLLM.from_config(self.config.model.model_config()).to(self.context.device)
+        if self.model.draft is not None:
+            held = self.model.set_descriptor_bank(self.draft_bank)
+            self.tracker.console(f"[train] descriptor draft: {held} training descriptors in its bank"
+                                 + ("" if held else " (none: the draft will only learn, not fill the slot)"))
+
+    def resume(self) -> None:
+        """From the context's latest checkpoint, if any: weights now, optimiser state when its stage starts."""
+        folder = self.context.latest_checkpoint()
+        if folder is not None:
+            self.saved_weights = restore_model(self.model, folder)
+            self.position = read_position(folder)
+            self.optimizer_tensors = read_optimizer_state(folder)
+            p = self.position
+            self.tracker.log({"event": "resumed", "step": p.step, "stage": p.stage, "round": p.round, "beta": p.beta,
+                              "epoch": p.epoch, "batches_in_epoch": p.batches_in_epoch})
+            self.tracker.console(f"[train] resumed at step {p.step} ({p.stage}, round {p.round}, beta {p.beta:.3g})")
+        torch.manual_seed(self.config.seed + 1000 * self.context.rank + self.position.step)  # noise per rank
+        self.stream = EpochStream(self.context, self.config.data.train_split, self.position.epoch,
+                                  self.position.batches_in_epoch)
+
+    def enter_stage(self, where: Position) -> None:
+        """A fresh optimiser (and engine) for the stage `where` falls in; mid-stage after a resume, with the
+        checkpoint's optimiser state."""
+        if where.index == self.runner_index:
+            return
+        if self.runner is not None:
+            self.runner.close()
+        self.runner = StageRunner(self.model, where.stage, self.config, self.context.device)
+        if self.optimizer_tensors and where.index == self.position.stage_index and where.step_in_stage > 0:
+            self.runner.restore(self.saved_weights, self.optimizer_tensors, self.position.optimizer_step)
+        self.optimizer_tensors, self.saved_weights = {}, {}
+        self.runner_index = where.index
+        self.tracker.console(f"[train] {where.stage.name} (round {where.round + 1}/{self.schedule.rounds}): task "
+                             f"{where.stage.task}, trains {', '.join(where.stage.trains)}, {where.stage.steps} steps")
+
+    def step(self, where: Position) -> None:
+        """One optimiser step; the timer includes waiting for the batches, so data stalls show in tokens/s."""
+        optim = self.config.optim
+        lr = lr_at(where.stage, where.step_in_stage, optim.warmup_steps, optim.decay, optim.min_lr_ratio)
+        self.runner.set_lr(lr)
+        beta = self.betas(self.position.step)
         started = time.perf_counter()
-        metrics = runner.train_step(batches, where.stage.task, where.stage.beta_weights(beta),
-                                    where.stage.draft_teacher_share(where.step_in_stage))
-        elapsed = time.perf_counter() - started
-        position.step += 1
-        position.stage_index, position.stage, position.round = where.index, where.stage.name, where.round
-        position.epoch, position.batches_in_epoch = stream.epoch, stream.batches_in_epoch
-        position.beta, position.lr = beta, lr
-        window.append((metrics, elapsed, batches))
+        batches = [self.stream.next() for _ in range(optim.grad_accum)]
+        metrics = self.runner.train_step(batches, where.stage.task, where.stage.beta_weights(beta),
+                                         where.stage.draft_teacher_share(where.step_in_stage))
+        self.window.append((metrics, time.perf_counter() - started, batches))
+        p = self.position
+        p.step += 1
+        p.stage_index, p.stage, p.round = where.index, where.stage.name, where.round
+        p.epoch, p.batches_in_epoch, p.beta, p.lr = self.stream.epoch, self.stream.batches_in_epoch, beta, lr
 
-        if position.step % config.logging.every_steps == 0 or position.step in boundaries or position.step == total:
-            record = _summarise(window, context.world_size, flops_peak, llm_params)
-            record |= {"step": position.step, "stage": where.stage.name, "round": where.round, "beta": beta,
-                       "lr": lr, "epoch": stream.epoch}
-            tracker.log(record)
-            draft = f"draft bow {record['draft_bow']:.3f} " if "draft_bow" in record else ""
-            tracker.console(f"[train] {where.stage.name} r{where.round + 1} step {position.step}/{total} "
-                            f"loss {record['loss']:.3f} ce {record['ce']:.3f} {draft}beta {beta:.2g} lr {lr:.2g} | "
-                            f"{record['tokens_per_s']:.0f} tok/s {record['audio_s_per_s']:.1f} audio-s/s "
-                            f"pad {record['padding_fraction']:.2f}")
-            window = []
+    def log(self, where: Position) -> None:
+        step = self.position.step
+        if not (step % self.config.logging.every_steps == 0 or step in self.boundaries or step == self.total):
+            return
+        record = summarise(self.window, self.context.world_size, peak_flops(), self.llm_parameters)
+        p = self.position
+        record |= {"step": step, "stage": where.stage.name, "round": where.round, "beta": p.beta, "lr": p.lr,
+                   "epoch": p.epoch}
+        self.tracker.log(record)
+        draft = f"draft bow {record['draft_bow']:.3f} " if "draft_bow" in record else ""
+        self.tracker.console(f"[train] {where.stage.name} r{where.round + 1} step {step}/{self.total} "
+                             f"loss {record['loss']:.3f} ce {record['ce']:.3f} {draft}beta {p.beta:.2g} lr {p.lr:.2g} | "
+                             f"{record['tokens_per_s']:.0f} tok/s {record['audio_s_per_s']:.1f} audio-s/s "
+                             f"pad {record['padding_fraction']:.2f}")
+        self.window = []
 
-        at_boundary = position.step in boundaries
-        every = config.validation.every_steps
-        if at_boundary or (every and position.step % every == 0):
-            result = validate(model, context, where.stage.task, config)
+    def validate(self, where: Position) -> None:
+        step, every = self.position.step, self.config.validation.every_steps
+        if step in self.boundaries or (every and step % every == 0):
+            result = validate(self.model, self.context, where.stage.task, self.config)
             if result:
-                tracker.log({"step": position.step, "stage": where.stage.name, **result})
-                tracker.console("[valid] " + " ".join(f"{k} {v:.3f}" for k, v in result.items()))
+                self.tracker.log({"step": step, "stage": where.stage.name, **result})
+                self.tracker.console("[valid] " + " ".join(f"{k} {v:.3f}" for k, v in result.items()))
 
-        if position.step % config.checkpoint.every_steps == 0 or at_boundary or position.step == total:
-            model_state = runner.model_state()  # collectives: every rank takes part
-            optimizer_state, position.optimizer_step = runner.optimizer_state()
-            folder = None
-            if context.rank == 0:
-                folder = write_checkpoint(model_state, model.config.to_dict(), optimizer_state, position,
-                                          config.to_dict(), staging_root=run_dir / "workers")
-            context.report({"step": position.step, "stage": position.stage, "beta": position.beta}, folder)
-    if runner is not None:
-        runner.close()
-    tracker.close()
-    return position
+    def checkpoint(self) -> None:
+        """Every rank gathers (collectives); rank 0 writes; every rank reports (a barrier under Ray Train)."""
+        p = self.position
+        if not (p.step % self.config.checkpoint.every_steps == 0 or p.step in self.boundaries or p.step == self.total):
+            return
+        model_state = self.runner.model_state()
+        optimizer_state, p.optimizer_step = self.runner.optimizer_state()
+        folder = None
+        if self.context.rank == 0:
+            folder = write_checkpoint(model_state, self.model.config.to_dict(), optimizer_state, p,
+                                      self.config.to_dict(), staging_root=self.config.run_dir / "workers")
+        self.context.report({"step": p.step, "stage": p.stage, "beta": p.beta}, folder)
+
+    def run(self) -> TrainPosition:
+        self.build()
+        self.resume()
+        self.llm_parameters = count_parameters(self.model.llm)["total"]
+        while self.position.step < self.total:
+            where = self.schedule.locate(self.position.step)
+            self.enter_stage(where)
+            self.step(where)
+            self.log(where)
+            self.validate(where)
+            self.checkpoint()
+        if self.runner is not None:
+            self.runner.close()
+        self.tracker.close()
+        return self.position
 
 
-def _precision(config: TrainConfig, context: TrainContext) -> str:
-    if config.deepspeed.precision != "auto":
-        return config.deepspeed.precision
-    return "bf16" if context.device.type == "cuda" else "fp32"
+def train_worker(config: TrainConfig, context: TrainContext, draft_bank: list[str] | None = None) -> TrainPosition:
+    """Run (or resume) the whole stage schedule on this worker; returns the final position."""
+    return WorkerRun(config, context, draft_bank).run()
 
 
-def _summarise(window, world_size: int, flops_peak: float | None, llm_params: int) -> dict:
+def summarise(window, world_size: int, flops_peak: float | None, llm_params: int) -> dict:
     """Averages over the logging window; throughput scaled to all workers (rank 0's rate x world size)."""
     seconds = sum(e for _, e, _ in window) or 1e-9
     metrics = [m for m, _, _ in window]

@@ -1,7 +1,9 @@
-"""Beta (information-bottleneck weight) schedules as small named objects, driven by the global step.
+"""Schedules, as registries of named builders: beta (the information-bottleneck weight, driven by the
+global step) and the learning rate's decay within a stage.
 
-Each is a frozen dataclass with a `kind` name, serialisable with `to_dict()` and rebuilt with
-`beta_schedule(dict)`. After `steps` the value stays at `end`.
+Each beta schedule is a frozen dataclass with a `kind` name, serialisable with `schedule_to_dict()` and
+rebuilt with `beta_schedule(dict)`; after `steps` the value stays at `end`. `beta_for(config)` builds
+the run's from its `beta:` section.
 """
 
 from __future__ import annotations
@@ -78,3 +80,31 @@ def beta_schedule(spec: dict):
 
 def schedule_to_dict(schedule) -> dict:
     return {"kind": schedule.kind, **dataclasses.asdict(schedule)}
+
+
+# Learning-rate decay after warm-up: progress through the rest of the stage (0 -> 1) and the floor ratio
+# -> the factor on the stage's peak rate.
+LR_DECAYS = {
+    "cosine": lambda progress, floor: floor + (1.0 - floor) * 0.5 * (1 + math.cos(math.pi * progress)),
+    "linear": lambda progress, floor: 1.0 - (1.0 - floor) * progress,
+    "constant": lambda progress, floor: 1.0,
+}
+
+
+def lr_at(stage, step_in_stage: int, warmup: int, decay: str, min_ratio: float) -> float:
+    """Linear warm-up over `warmup` steps, then `LR_DECAYS[decay]` to min_ratio * stage.lr by the end of
+    the stage (a train.stages.Stage)."""
+    if warmup and step_in_stage < warmup:
+        return stage.lr * (step_in_stage + 1) / warmup
+    progress = min(max(step_in_stage - warmup, 0) / max(stage.steps - warmup, 1), 1.0)
+    return stage.lr * LR_DECAYS[decay](progress, min_ratio)
+
+
+def beta_for(config, total_steps: int):
+    """The run's beta schedule from its `beta:` section (a config.BetaSection); annealing over the whole
+    run (`total_steps`) unless the section gives its own length."""
+    section = config.beta
+    if section.kind == "constant":
+        return beta_schedule({"kind": "constant", "value": section.value})
+    return beta_schedule({"kind": section.kind, "start": section.start, "end": section.end,
+                          "steps": section.steps or total_steps})

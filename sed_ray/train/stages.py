@@ -7,7 +7,7 @@ R rounds. `both` trains every branch at once: the paper's weaker baseline, kept 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from sed_ray.model.prompt import TASKS
 from sed_ray.model.speech_llm import TRAINABLE_GROUPS
@@ -66,6 +66,15 @@ def preset_stage(preset: str, steps: int, lr: float = 1e-4, name: str | None = N
     if preset not in STAGE_PRESETS:
         raise ValueError(f"unknown stage preset {preset!r}; choose one of: {', '.join(STAGE_PRESETS)}")
     return Stage(name=name or preset, steps=steps, lr=lr, **STAGE_PRESETS[preset])
+
+
+def schedule_for(config) -> "StageSchedule":
+    """The run's stage schedule from its `schedule:` section (a config.ScheduleSection of StageSections)."""
+    stages = []
+    for section in config.schedule.stages:
+        stage = preset_stage(section.preset, section.steps, section.lr, section.name or section.preset)
+        stages.append(replace(stage, task=section.task or stage.task, draft_teacher_until=section.draft_teacher_until))
+    return StageSchedule(tuple(stages), config.schedule.rounds)
 
 
 @dataclass(frozen=True)

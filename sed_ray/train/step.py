@@ -8,26 +8,20 @@ Runs without Ray; DeepSpeed is imported only when enabled.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from sed_ray.config import TrainConfig
 from sed_ray.train.stages import Stage
 
 
-def lr_at(stage: Stage, step_in_stage: int, warmup: int, decay: str, min_ratio: float) -> float:
-    """Linear warm-up over `warmup` steps, then decay to min_ratio * lr by the end of the stage."""
-    if warmup and step_in_stage < warmup:
-        return stage.lr * (step_in_stage + 1) / warmup
-    span = max(stage.steps - warmup, 1)
-    progress = min(max(step_in_stage - warmup, 0) / span, 1.0)
-    if decay == "constant":
-        factor = 1.0
-    elif decay == "linear":
-        factor = 1.0 - (1.0 - min_ratio) * progress
-    else:
-        factor = min_ratio + (1.0 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return stage.lr * factor
+# deepspeed.precision -> what the step runs in; "auto" is resolved per device by `resolve_precision`
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" else "fp32"
 
 
 def deepspeed_config(zero_stage: int, precision: str, grad_accum: int, grad_clip: float, micro_batch: int = 1) -> dict:
@@ -47,10 +41,12 @@ def deepspeed_config(zero_stage: int, precision: str, grad_accum: int, grad_clip
 class StageRunner:
     """Owns the optimiser (or DeepSpeed engine) for one stage of the schedule."""
 
-    def __init__(self, model, stage: Stage, *, device: torch.device, weight_decay: float, betas: tuple[float, float],
-                 grad_clip: float, grad_accum: int, deepspeed: bool, zero_stage: int, precision: str) -> None:
+    def __init__(self, model, stage: Stage, config: TrainConfig, device: torch.device) -> None:
+        """The optimiser for `stage` from the config's `optim:` section, wrapped by DeepSpeed as its
+        `deepspeed:` section says (precision "auto" resolved for `device`)."""
         self.model, self.stage, self.device = model, stage, device
-        self.grad_clip, self.grad_accum = grad_clip, grad_accum
+        optim = config.optim
+        self.grad_clip, self.grad_accum = optim.grad_clip, optim.grad_accum
         model.set_trainable(stage.trains)
         groups = model.parameter_groups()
         self.names = [n for g in stage.trains for n, _ in groups[g]]
@@ -58,14 +54,15 @@ class StageRunner:
         trainable = {id(p) for p in model.parameters() if p.requires_grad}
         assert trainable == {id(p) for p in params}, "optimiser groups must cover exactly the stage's trainable set"
         self.params = params
-        optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=tuple(betas), weight_decay=weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
         self.engine = None
-        if deepspeed:
+        if config.deepspeed.enabled:
             import deepspeed as ds
 
-            config = deepspeed_config(zero_stage, precision, grad_accum, grad_clip)
+            precision = resolve_precision(config.deepspeed.precision, device)
+            settings = deepspeed_config(config.deepspeed.zero_stage, precision, optim.grad_accum, optim.grad_clip)
             self.engine, self.optimizer, _, _ = ds.initialize(model=model, optimizer=optimizer,
-                                                               model_parameters=params, config=config,
+                                                               model_parameters=params, config=settings,
                                                                dist_init_required=False)
         else:
             self.optimizer = optimizer
@@ -75,19 +72,23 @@ class StageRunner:
             group["lr"] = lr
 
     def train_step(self, batches: list, task: str, beta: dict[str, float], draft_teacher_share: float = 0.0) -> dict:
-        """One optimiser step over `grad_accum` micro-batches (AudioBatch on the host)."""
+        """One optimiser step over `grad_accum` micro-batches (collated `data.collate.Batch`es on the host)."""
         self.model.train()
         sums: dict[str, float] = {}
         target_tokens = sequence_tokens = 0
         for batch in batches:
+            if task not in batch.targets:
+                raise ValueError(f"the batches carry targets for {sorted(batch.targets)}, not {task!r}: the stream's "
+                                 "Collate must list every task of the stage schedule")
             batch = batch.to(self.device)
-            targets = batch_targets(batch)
+            inputs = (batch.pcm_BT, batch.lengths_B, batch.targets[task], task, beta, draft_teacher_share,
+                      batch.descriptor_ids_BD)
             if self.engine is not None:
-                out = self.engine(batch.pcm_BT, batch.lengths_B, targets, task, beta, draft_teacher_share)
+                out = self.engine(*inputs)
                 self.engine.backward(out.loss)
                 self.engine.step()  # DeepSpeed steps the optimiser only at accumulation boundaries
             else:
-                out = self.model(batch.pcm_BT, batch.lengths_B, targets, task, beta, draft_teacher_share)
+                out = self.model(*inputs)
                 (out.loss / self.grad_accum).backward()
             for key, value in out.parts().items():
                 sums[key] = sums.get(key, 0.0) + value / len(batches)
@@ -200,8 +201,3 @@ class StageRunner:
         if self.engine is not None:
             self.engine.destroy()
         self.engine = None
-
-
-def batch_targets(batch) -> list[dict]:
-    return [{"transcript": t, "descriptor": d, "emotion": e}
-            for t, d, e in zip(batch.meta["text"], batch.meta["descriptor"], batch.meta["emotion"])]

@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from sed_ray.config import TrainConfig
+from sed_ray.files import RUN_METRICS
+
 # dense bf16 peak FLOP/s by GPU name, for the MFU estimate
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
@@ -23,21 +26,24 @@ def peak_flops() -> float | None:
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, config: dict, rank: int, wandb_enabled: bool, project: str,
-                 mode: str | None) -> None:
+    """Rank 0 records; the other ranks' calls do nothing (one rank-zero gate, here)."""
+
+    def __init__(self, config: TrainConfig, rank: int) -> None:
         self.rank = rank
-        self.path = Path(run_dir) / "metrics.jsonl"
+        run_dir = config.run_dir
+        self.path = run_dir / RUN_METRICS
         self.wandb = None
         if rank != 0:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if wandb_enabled:
-            mode = mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        logging = config.logging
+        if logging.wandb:
+            mode = logging.wandb_mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
             if mode != "disabled":
                 import wandb
 
-                self.wandb = wandb.init(project=project, name=config.get("name"), config=config, mode=mode,
-                                        dir=str(run_dir), resume="allow", id=_wandb_id(run_dir))
+                self.wandb = wandb.init(project=logging.wandb_project, name=config.name, config=config.to_dict(),
+                                        mode=mode, dir=str(run_dir), resume="allow", id=_wandb_id(run_dir))
 
     def log(self, record: dict) -> None:
         if self.rank != 0:
@@ -67,8 +73,3 @@ def _wandb_id(run_dir: Path) -> str:
     run_id = uuid.uuid4().hex[:12]
     path.write_text(run_id)
     return run_id
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

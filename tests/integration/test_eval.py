@@ -114,7 +114,7 @@ def test_infer_refuses_a_beam_width_below_one(tiny_checkpoint, tmp_path, ray_clu
     write_wav(tmp_path / "audio" / "one.wav", 1.0)
     assert main(["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "audio"),
                  "--out", str(tmp_path / "out"), "--num-beams", "0"]) == 2
-    assert "num_beams (0)" in capsys.readouterr().err
+    assert "num_beams: must be >= 1 (got 0)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

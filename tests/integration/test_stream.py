@@ -14,6 +14,7 @@ import torch
 from corpus_fixtures import write_wav
 from sed_ray.data.prepare import prepare
 from sed_ray.data.schema import SAMPLE_RATE, pcm_from_bytes
+from sed_ray.config import DataSection
 from sed_ray.data.stream import (StreamConfig, count_rows, data_config, iter_shard, padding_fraction,
                                  plain_batches, plan_batches, ray_dataset)
 
@@ -35,7 +36,8 @@ def skewed_shards(tmp_path_factory, ray_cluster):
     return root / "shards"
 
 
-CONFIG = StreamConfig(batch_seconds=12.0, max_batch_size=16, window_rows=32, seed=3)
+DATA = DataSection(batch_seconds=12.0, max_batch_size=16, window_rows=32)
+CONFIG = StreamConfig(DATA, seed=3)
 
 
 def test_batches_shapes_dtypes_and_content(skewed_shards):
@@ -47,7 +49,7 @@ def test_batches_shapes_dtypes_and_content(skewed_shards):
         assert batch.pcm_BT.dtype == torch.int16 and batch.pcm_BT.ndim == 2
         assert batch.lengths_B.dtype == torch.int64 and batch.lengths_B.shape == (batch.size,)
         assert batch.pcm_BT.shape[1] == int(batch.lengths_B.max())
-        assert batch.pcm_BT.shape[1] * batch.size <= CONFIG.batch_seconds * SAMPLE_RATE or batch.size == 1
+        assert batch.pcm_BT.shape[1] * batch.size <= CONFIG.data.batch_seconds * SAMPLE_RATE or batch.size == 1
         for b, row_id in enumerate(batch.meta["id"]):
             n = int(batch.lengths_B[b])
             assert batch.pcm_BT[b, :n].tolist() == pcm_from_bytes(by_id[row_id]).tolist()
@@ -75,7 +77,7 @@ def test_bucketing_keeps_padding_small(skewed_shards):
 
 def test_plan_batches_respects_budget_and_isolates_long_rows():
     lengths = np.array([16000, 16000, 200000, 32000, 16000])
-    batches = plan_batches(lengths, StreamConfig(batch_seconds=4.0, max_batch_size=2), rng=None)
+    batches = plan_batches(lengths, StreamConfig(DataSection(batch_seconds=4.0, max_batch_size=2)), rng=None)
     assert sorted(len(b) for b in batches) == [1, 2, 2]
     assert [2] in [list(b) for b in batches]  # 12.5 s alone: over budget, still trained on
     assert sorted(np.concatenate(batches).tolist()) == list(range(5))
@@ -100,7 +102,7 @@ def _split_ids(dataset, n: int) -> list[list[list[str]]]:
 
 
 def test_ray_path_matches_plain_path_without_shuffle(skewed_shards):
-    config = StreamConfig(batch_seconds=12.0, max_batch_size=16, window_rows=32, shuffle=False)
+    config = StreamConfig(DATA, shuffle=False)
     plain = [b.meta["id"] for b in plain_batches(skewed_shards, "train", config)]
     (ray_batches,) = _split_ids(ray_dataset(skewed_shards, "train", config), 1)
     assert ray_batches == plain
@@ -110,7 +112,7 @@ def test_split_order_is_deterministic_for_a_seed(skewed_shards):
     first = _split_ids(ray_dataset(skewed_shards, "train", CONFIG), 2)
     second = _split_ids(ray_dataset(skewed_shards, "train", CONFIG), 2)
     assert first == second
-    other_seed = _split_ids(ray_dataset(skewed_shards, "train", StreamConfig(**{**CONFIG.__dict__, "seed": 4})), 2)
+    other_seed = _split_ids(ray_dataset(skewed_shards, "train", StreamConfig(DATA, seed=4)), 2)
     assert other_seed != first
 
 
@@ -154,4 +156,4 @@ def test_equal_batches_per_rank_through_ray_train(skewed_shards, tmp_path, world
         ids = [i for r in reports for i in r["ids"][epoch]]
         assert len(ids) == len(set(ids))  # no utterance on two ranks
         total = count_rows(skewed_shards, "train")
-        assert len(ids) >= total - (world_size - 1) * CONFIG.max_batch_size  # at most a few batches dropped
+        assert len(ids) >= total - (world_size - 1) * CONFIG.data.max_batch_size  # at most a few batches dropped

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from sed_ray.config import load_config
 from sed_ray.train.launcher import launch
-from sed_ray.train.tracking import read_metrics
+from sed_ray.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
@@ -77,15 +77,17 @@ def test_two_workers_zero2_both_stages_and_checkpoint_scores(synth_shards, tmp_p
     assert any(not torch.equal(lora[0][k], lora[1][k]) for k in lora[0])
 
     # the checkpoint reloads into the model and scores utterances
+    from sed_ray.config import DataSection
     from sed_ray.data.stream import StreamConfig, plain_batches
     from sed_ray.model.weights import load_model
 
     model = load_model(checkpoints[8] / "model")
-    batch = next(iter(plain_batches(synth_shards, "test", StreamConfig(batch_seconds=20, shuffle=False)))).to("cpu")
+    stream = StreamConfig(DataSection(batch_seconds=20), shuffle=False)
+    batch = next(iter(plain_batches(synth_shards, "test", stream))).to("cpu")
     rows = model.predict(batch.pcm_BT, batch.lengths_B, "joint", max_new_tokens=8)
     assert len(rows) == batch.size and all(abs(sum(r["posterior"].values()) - 1) < 1e-5 for r in rows)
 
-    metrics = read_metrics(run_dir)
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     steps = [m for m in metrics if "loss" in m]
     assert [m["step"] for m in steps] == list(range(1, 9))
     for key in ("ce", "kl_content", "beta", "lr", "tokens_per_s", "audio_s_per_s", "padding_fraction"):
@@ -104,7 +106,7 @@ def test_killed_worker_resumes_from_last_checkpoint(synth_shards, tmp_path, ray_
     def killer():
         deadline = time.time() + 300
         while time.time() < deadline:
-            done = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
+            done = [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl") if "loss" in m]
             if done and max(done) >= 7 and (run_dir / "workers" / "rank1.pid").exists():
                 pid = int((run_dir / "workers" / "rank1.pid").read_text())
                 killed["pid"], killed["after_step"] = pid, max(done)
@@ -117,7 +119,7 @@ def test_killed_worker_resumes_from_last_checkpoint(synth_shards, tmp_path, ray_
     result = launch(config)
     thread.join(timeout=5)
     assert killed, "the test never got to kill a worker"
-    metrics = read_metrics(run_dir)
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     resumed = [m for m in metrics if m.get("event") == "resumed"]
     assert len(resumed) == 1
     event = resumed[0]
@@ -153,7 +155,7 @@ def test_relaunch_with_same_name_continues(synth_shards, tmp_path, ray_cluster):
     time.sleep(2)  # let Ray notice the dead driver and release its workers
 
     launch(load_config(TINY, args))
-    metrics = read_metrics(run_dir)
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     resumed = [m for m in metrics if m.get("event") == "resumed"]
     assert resumed and resumed[-1]["step"] >= first
     assert max(m["step"] for m in metrics if "loss" in m) == 10
@@ -170,7 +172,7 @@ def test_relaunch_with_same_name_continues(synth_shards, tmp_path, ray_cluster):
 
 
 def test_tiny_base_is_reused_only_with_the_settings_it_was_built_with(synth_shards, tmp_path):
-    from sed_ray.train.launcher import prepare_model
+    from sed_ray.base.tiny import resolve_base as prepare_model
 
     base = tmp_path / "base"
     config = _config(synth_shards, tmp_path, "base-check", **{"model.tiny_base_dir": base})

@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 from sed_ray.config import load_config
+from sed_ray.train.plan import problems, validate
+from sed_ray.train.schedules import beta_for
+from sed_ray.train.stages import schedule_for
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "jobs" / "configs").glob("*.yaml"))
 
@@ -14,9 +17,9 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "jobs" / "configs").glob
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_shipped_config_loads(path):
     config = load_config(path)
-    assert config.stage_schedule().validate() == []
-    assert config.stage_schedule().total_steps > 0
-    assert 0 < config.beta_schedule()(0) <= 1.0
+    assert problems(config, check_sources=False) == []
+    assert schedule_for(config).total_steps > 0
+    assert 0 < beta_for(config, schedule_for(config).total_steps)(0) <= 1.0
 
 
 def test_overrides_win_and_types_are_checked():
@@ -34,7 +37,7 @@ def test_validate_collects_every_problem(tmp_path):
     config = load_config(CONFIGS[0], [f"data.shards={tmp_path}", "deepspeed.zero_stage=5", "optim.decay=step",
                                       "schedule.stages=[{preset: stage3, steps: 10}]", "model.draft_bank_size=-1"])
     with pytest.raises(ValueError) as info:
-        config.validate()
+        validate(config)
     message = str(info.value)
     for fragment in ("deepspeed.zero_stage", "optim.decay", "schedule.stages[0].preset", "data.shards",
                      "model.draft_bank_size"):
@@ -48,19 +51,19 @@ def test_model_checkpoints_the_workers_could_not_load_are_named(tmp_path, monkey
     config = load_config(CONFIGS[0], [f"data.shards={tmp_path}", "model.preset=null", "model.encoder=/no/such/folder",
                                       f"model.llm={tmp_path / 'llm'}"])
     with pytest.raises(ValueError) as info:
-        config.validate()
+        validate(config)
     message = str(info.value)
     assert "model.encoder: /no/such/folder is not a model folder" in message and "model.llm" not in message
     hub = load_config(CONFIGS[0], [f"data.shards={tmp_path}", "model.preset=null", "model.encoder=sed-ray-tests/no-such-model",
                                    f"model.llm={tmp_path / 'llm'}"])
     with pytest.raises(ValueError, match="'sed-ray-tests/no-such-model' is not in the local Hugging Face cache"):
-        hub.validate()
+        validate(hub)
 
 
 def test_resume_conflicts_name_what_changed_and_allow_operational_changes():
     import json
 
-    from sed_ray.train.launcher import resume_conflicts
+    from sed_ray.train.run_folder import resume_conflicts
 
     tiny = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "tiny.yaml"
     saved = json.loads(json.dumps(load_config(tiny).to_dict()))

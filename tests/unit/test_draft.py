@@ -7,11 +7,21 @@ import dataclasses
 import pytest
 import torch
 
+from sed_ray.model.prompt import IGNORE
 from sed_ray.model.draft import BANK_PAD, DescriptorDraft, bag_of_words_loss, draft_tokens, pooled_statistics, valid_first
 from sed_ray.model.prompt import get_task
 from sed_ray.model.speech_llm import SpeechEmotionLLM
 from sed_ray.model.weights import load_model, save_trainable
 from sed_ray.train.stages import STAGE_PRESETS, Stage
+
+
+def pad(lists):
+    """Token lists -> B x D, right-padded with IGNORE (as data/collate.py builds them)."""
+    width = max(len(x) for x in lists) or 1
+    return torch.tensor([list(x) + [IGNORE] * (width - len(x)) for x in lists])
+
+
+ids = pad
 
 
 def test_pooled_statistics_ignore_padding():
@@ -70,9 +80,9 @@ def test_bag_of_words_loss_skips_rows_without_a_descriptor_and_learns_which_desc
     draft.set_bank(bank)
     x = torch.randn(2, 3, 10, 3) * 3  # two hidden states of three utterances
     mask = torch.ones(3, 10, dtype=torch.bool)
-    empty = bag_of_words_loss(draft(x, mask, embedding), [[], [], []])
+    empty = bag_of_words_loss(draft(x, mask, embedding), ids([[], [], []]))
     assert empty.item() == 0.0 and empty.requires_grad  # nothing to learn, still a graph
-    targets = [bank[2], [], bank[0]]  # utterance 1 has no descriptor: it teaches nothing
+    targets = ids([bank[2], [], bank[0]])  # utterance 1 has no descriptor: it teaches nothing
     optimizer = torch.optim.Adam(draft.parameters(), lr=1e-2)
     draft.train()
     first = None
@@ -92,7 +102,8 @@ def test_draft_tokens_embed_the_retrieved_ids_and_teacher_rows_get_the_reference
     embedding = torch.randn(8, 4)
     ids = torch.tensor([[1, 2, 0], [1, 2, 3], [4, 0, 0]])
     valid = torch.tensor([[True, True, False], [True, True, True], [True, False, False]])
-    tokens, keep = draft_tokens(ids, valid, embedding, [None, [5, 4, 3, 2, 1], []])
+    references = (pad([[], [5, 4, 3, 2, 1], []]), torch.tensor([False, True, True]))
+    tokens, keep = draft_tokens(ids, valid, embedding, references)
     assert keep.tolist() == [[True, True, False], [True, True, True], [False, False, False]]
     assert torch.allclose(tokens[0, :2], embedding[[1, 2]]) and not tokens[0, 2].any()  # row 0: retrieved
     assert torch.allclose(tokens[1], embedding[[5, 4, 3]])  # row 1: the reference, cut to 3 places
@@ -149,7 +160,8 @@ def test_stage2_trains_the_draft_and_its_bag_of_words_loss_is_reported(draft_mod
     batch, targets = tiny_batch
     draft_model.set_trainable(STAGE_PRESETS["stage2"]["trains"])
     draft_model.train()
-    out = draft_model(batch.pcm_BT, batch.lengths_B, targets, "joint", beta={"descriptor": 1e-3})
+    out = draft_model(batch.pcm_BT, batch.lengths_B, batch.targets["joint"], "joint", beta={"descriptor": 1e-3},
+                      descriptor_ids_BD=batch.descriptor_ids_BD)
     assert out.draft_bow is not None and "draft_bow" in out.parts()
     out.loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in draft_model.parameter_groups()["descriptor_draft"])
@@ -158,7 +170,8 @@ def test_stage2_trains_the_draft_and_its_bag_of_words_loss_is_reported(draft_mod
 def test_the_no_descriptor_ablation_never_sees_the_draft(draft_model, tiny_batch):
     batch, targets = tiny_batch
     draft_model.set_trainable(STAGE_PRESETS["stage2"]["trains"])
-    out = draft_model(batch.pcm_BT, batch.lengths_B, targets, "joint_no_descriptor", draft_teacher_share=1.0)
+    out = draft_model(batch.pcm_BT, batch.lengths_B, batch.targets["joint_no_descriptor"], "joint_no_descriptor",
+                      draft_teacher_share=1.0)
     out.loss.backward()
     assert out.draft_bow is None
     assert all(p.grad is None for _, p in draft_model.parameter_groups()["descriptor_draft"])
@@ -170,8 +183,9 @@ def test_teacher_forcing_puts_the_reference_descriptor_in_the_slot(draft_model, 
     batch, targets = tiny_batch
     draft_model.eval()
     hidden, mask = draft_model.encoder(batch.pcm_BT, batch.lengths_B)
-    references = [draft_model.descriptor_ids(t) for t in targets]
-    streams, _, _ = draft_model.encode_for(get_task("joint"), hidden, mask, references)
+    references = [draft_model.prompts.descriptor_ids(t) for t in targets]
+    use = torch.ones(len(references), dtype=torch.bool)
+    streams, _, _ = draft_model.encode_for(get_task("joint"), hidden, mask, (batch.descriptor_ids_BD, use))
     tokens, valid = streams["descriptor"]
     embedding = draft_model.llm.get_input_embeddings().weight
     for row, ids in enumerate(references):
@@ -209,7 +223,8 @@ def test_without_a_bank_the_emotion_follows_the_generated_descriptor(draft_model
 def test_save_load_round_trip_keeps_the_draft_its_statistics_and_its_bank(draft_model, tiny_batch, tmp_path):
     batch, targets = tiny_batch
     draft_model.train()
-    draft_model(batch.pcm_BT, batch.lengths_B, targets, "joint")  # moves the running statistics
+    draft_model(batch.pcm_BT, batch.lengths_B, batch.targets["joint"], "joint",
+                descriptor_ids_BD=batch.descriptor_ids_BD)  # moves the running statistics
     with torch.no_grad():
         for _, p in draft_model.parameter_groups()["descriptor_draft"]:
             p.add_(torch.randn_like(p) * 0.05)
@@ -230,7 +245,7 @@ def test_the_launcher_fills_the_bank_with_distinct_training_descriptors_only(syn
     import pyarrow.dataset as pads
 
     from sed_ray.data.stream import shard_files
-    from sed_ray.train.launcher import descriptor_bank
+    from sed_ray.data.reads import descriptor_bank
 
     table = pads.dataset(shard_files(synth_shards), format="parquet").to_table(columns=["split", "descriptor"])
     train = {" ".join(d.split()) for s, d in zip(table.column("split").to_pylist(), table.column("descriptor").to_pylist())

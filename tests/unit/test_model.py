@@ -101,7 +101,8 @@ def test_frozen_parameters_bit_identical_through_an_optimiser_step(model, tiny_b
     assert trainable == expected
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
     before = _snapshot(model)
-    out = model(batch.pcm_BT, batch.lengths_B, targets, spec["task"], beta={"content": 1.0, "descriptor": 1.0})
+    out = model(batch.pcm_BT, batch.lengths_B, batch.targets[spec["task"]], spec["task"],
+                beta={"content": 1.0, "descriptor": 1.0}, descriptor_ids_BD=batch.descriptor_ids_BD)
     out.loss.backward()
     optimizer.step()
     after = _snapshot(model)
@@ -141,8 +142,8 @@ def test_save_load_round_trip_gives_identical_outputs(model, tiny_batch, tmp_pat
     assert (tmp_path / "ckpt" / "trainable.safetensors").exists()
     loaded = load_model(tmp_path / "ckpt").eval()
     with torch.no_grad():
-        a = model(batch.pcm_BT, batch.lengths_B, targets, "joint").loss
-        b = loaded(batch.pcm_BT, batch.lengths_B, targets, "joint").loss
+        a = model(batch.pcm_BT, batch.lengths_B, batch.targets["joint"], "joint").loss
+        b = loaded(batch.pcm_BT, batch.lengths_B, batch.targets["joint"], "joint").loss
     assert torch.equal(a, b)
     pa = model.predict(batch.pcm_BT, batch.lengths_B, "joint", max_new_tokens=6)
     pb = loaded.predict(batch.pcm_BT, batch.lengths_B, "joint", max_new_tokens=6)
@@ -151,7 +152,7 @@ def test_save_load_round_trip_gives_identical_outputs(model, tiny_batch, tmp_pat
 
 def test_listening_check_tells_audio_from_its_length(model, tiny_batch):
     batch, targets = tiny_batch
-    check = model.listening_check(batch.pcm_BT, batch.lengths_B, targets, "joint")
+    check = model.listening_check(batch.pcm_BT, batch.lengths_B, batch.targets["joint"], "joint", batch.fields["joint"])
     assert set(check) == {"nll_own", "nll_silence", "nll_other", "target_tokens", "fields"}
     assert all(len(v) == batch.size for v in check.values())
     tokens = [len(model.prompts.target_ids(get_task("joint"), t)) for t in targets]
@@ -166,10 +167,11 @@ def test_listening_check_tells_audio_from_its_length(model, tiny_batch):
     with torch.no_grad():  # adapters that ignore their input: only the number of pseudo-tokens is left
         for branch in ("content", "descriptor"):
             model.adapters[branch].net[-1].weight.zero_()
-    deaf = model.listening_check(batch.pcm_BT, batch.lengths_B, targets, "joint")
+    deaf = model.listening_check(batch.pcm_BT, batch.lengths_B, batch.targets["joint"], "joint", batch.fields["joint"])
     assert deaf["nll_own"] == pytest.approx(deaf["nll_silence"], abs=1e-4)
     assert all(f["own"] == pytest.approx(f["silence"], abs=1e-4) for row in deaf["fields"] for f in row.values())
-    single = model.listening_check(batch.pcm_BT[:1], batch.lengths_B[:1], targets[:1], "joint")
+    single = model.listening_check(batch.pcm_BT[:1], batch.lengths_B[:1], batch.targets["joint"][:1], "joint",
+                                   batch.fields["joint"][:1])
     assert single["nll_other"] == [None] and single["fields"][0]["emotion"]["other"] is None
 
 
@@ -202,7 +204,8 @@ def test_tiny_model_overfits_a_handful_of_utterances(model, tiny_batch, stage):
     torch.manual_seed(0)
     losses = []
     for _ in range(40):
-        out = model(batch.pcm_BT, batch.lengths_B, targets, spec["task"], beta={"content": 1e-4, "descriptor": 1e-4})
+        out = model(batch.pcm_BT, batch.lengths_B, batch.targets[spec["task"]], spec["task"],
+                    beta={"content": 1e-4, "descriptor": 1e-4}, descriptor_ids_BD=batch.descriptor_ids_BD)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sed_ray.model.pretrain import N_FEATURES, PITCH, VOICING, acoustic_units, frame_features, pretrain_encoder
+from sed_ray.base.pretrain import N_FEATURES, PITCH, VOICING, acoustic_units, frame_features, pretrain_encoder
 
 RATE = 16000
 
@@ -43,7 +43,7 @@ def test_encoder_pretraining_lowers_its_loss():
 
 
 def test_lm_sequences_repeat_a_text_after_another_in_the_configured_share():
-    from sed_ray.model.pretrain import lm_sequence
+    from sed_ray.base.pretrain import lm_sequence
 
     texts = [f"text{i}" for i in range(50)]
     rng = np.random.default_rng(0)

@@ -12,7 +12,9 @@ import torch.distributed as dist
 
 from sed_ray.model.speech_llm import SpeechEmotionLLM
 from sed_ray.train.stages import preset_stage
-from sed_ray.train.step import StageRunner, lr_at
+from sed_ray.config import load_config
+from sed_ray.train.schedules import lr_at
+from sed_ray.train.step import StageRunner
 
 
 def test_lr_warmup_then_decay_to_floor():
@@ -46,17 +48,16 @@ def process_group():
 def _runner(config, deepspeed: bool):
     torch.manual_seed(0)
     model = SpeechEmotionLLM.from_config(config)
-    return StageRunner(model, preset_stage("stage2", steps=10, lr=3e-3), device=torch.device("cpu"),
-                       weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0, grad_accum=1, deepspeed=deepspeed,
-                       zero_stage=2, precision="fp32")
+    run = load_config(None, ["optim.weight_decay=0.1", "optim.betas=[0.9, 0.99]", "optim.grad_clip=1.0",
+                             f"deepspeed.enabled={str(deepspeed).lower()}", "deepspeed.zero_stage=2",
+                             "deepspeed.precision=fp32"])
+    return StageRunner(model, preset_stage("stage2", steps=10, lr=3e-3), run, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("deepspeed", [False, True])
 def test_optimizer_state_round_trip_gives_the_same_next_step(tiny_model_config, tiny_batch, process_group, deepspeed):
-    from sed_ray.data.stream import AudioBatch
-
     batch, _ = tiny_batch
-    host = AudioBatch(batch.pcm_BT, batch.lengths_B, batch.meta)
+    host = batch
     beta = {"content": 0.0, "descriptor": 1e-3}
     first = _runner(tiny_model_config, deepspeed)
     for _ in range(3):

@@ -1,0 +1,1 @@
+"""The base a run starts from, resolved once before any launch (the tiny preset builds its own)."""
