@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(STAMP)
 
+# The import contracts (pyproject.toml, [tool.importlinter]) first: a layering slip fails in seconds.
 test: venv
+	$(BIN)/lint-imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: venv

@@ -29,7 +29,9 @@ class LayerWeightedSum(nn.Module):
 
 
 def masked_kl(mu_BFZ: torch.Tensor, logvar_BFZ: torch.Tensor, mask_BF: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)): summed over Z, averaged over valid frames."""
+    """KL(N(mu, exp(logvar)) || N(0, I)): summed over Z, averaged over valid frames; in float32 whatever
+    the block computes in (a bf16 sum over thousands of frames would lose the small terms)."""
+    mu_BFZ, logvar_BFZ = mu_BFZ.float(), logvar_BFZ.float()
     kl_BF = 0.5 * (mu_BFZ.pow(2) + logvar_BFZ.exp() - 1.0 - logvar_BFZ).sum(-1)
     valid = mask_BF.to(kl_BF.dtype)
     return (kl_BF * valid).sum() / valid.sum().clamp(min=1.0)
@@ -67,7 +69,9 @@ class DisentanglementBlock(nn.Module):
         return self.layer_sum.logits.requires_grad
 
     def forward(self, hidden_LBFD: torch.Tensor, mask_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (z B x F x Z, KL scalar). A frozen block behaves as at inference (z = mu): its stage is over."""
-        x_BFD = self.layer_sum(hidden_LBFD).float()
+        """-> (z B x F x Z, KL scalar). A frozen block behaves as at inference (z = mu): its stage is over.
+        Computes in its own weights' dtype: float32, or bf16 where DeepSpeed's bf16 mode cast the module
+        (its fp32 master copy then lives in the optimiser)."""
+        x_BFD = self.layer_sum(hidden_LBFD).to(self.bottleneck.net[0].weight.dtype)
         z_BFZ, mu_BFZ, logvar_BFZ = self.bottleneck(x_BFD, sample=self.training and self.trainable)
         return z_BFZ, masked_kl(mu_BFZ, logvar_BFZ, mask_BF)

@@ -104,6 +104,7 @@ class DescriptorDraft(nn.Module):
                 self.stat_sum_sq += (batch ** 2).sum(0)
         mean_S, var_S = self.feature_moments()
         normed_BS = (stats_BS - mean_S) / torch.sqrt(var_S + 1e-5)
+        normed_BS = normed_BS.to(self.net[0].weight.dtype)  # bf16 where DeepSpeed's bf16 mode cast the module
         weight_VH = embedding_VH.detach()
         # in the embedding's dtype: a float32 copy of an 8B model's 128k x 4096 matrix would cost 2 GB
         logits_BV = self.net(normed_BS).to(weight_VH.dtype) @ weight_VH.T

@@ -15,7 +15,8 @@ from corpus_fixtures import write_wav
 from sed_ray.data.prepare import prepare
 from sed_ray.data.schema import SAMPLE_RATE, pcm_from_bytes
 from sed_ray.config import DataSection
-from sed_ray.data.stream import (StreamConfig, count_rows, data_config, iter_shard, padding_fraction,
+from sed_ray.data.collate import padding_fraction
+from sed_ray.data.stream import (StreamConfig, count_rows, data_config, iter_shard,
                                  plain_batches, plan_batches, ray_dataset)
 
 

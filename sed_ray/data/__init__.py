@@ -1,0 +1,1 @@
+"""The corpus layer: synthesis, corpus readers, audio, shards, the training stream and its collate step."""
