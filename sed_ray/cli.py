@@ -87,8 +87,10 @@ def _score(args: argparse.Namespace) -> int:
 def _options(args: argparse.Namespace):
     from sed_ray.config import InferenceOptions
 
+    labels = tuple(x.strip() for x in args.labels.split(",") if x.strip()) if args.labels else None
     return InferenceOptions(task=args.task, descriptors=getattr(args, "descriptors", "predicted"),
-                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                            labels=labels)
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -136,8 +138,31 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "memory":
+        from sed_ray.bench import memory_bench
+
+        figures = memory_bench.run(utterances=args.utterances, layers=args.layers, chunk_rows=args.chunk_rows,
+                                   prefix_words=args.prefix_words,
+                                   log=lambda line: print(line, file=sys.stderr, flush=True))
+        print(json.dumps(figures))
+        return 0
+    if args.what == "step":
+        from sed_ray.bench import step_bench
+        from sed_ray.config import load_config
+
+        if not args.config:
+            raise ValueError("bench step needs --config (e.g. jobs/configs/tiny.yaml or jobs/configs/bench-8b.yaml)")
+        config = load_config(args.config, args.overrides)
+        figures = step_bench.run(config, steps=args.steps, warmup=args.warmup, baseline=args.baseline,
+                                 log=lambda line: print(line, file=sys.stderr, flush=True))
+        print(json.dumps(figures))  # one line: the figures, for scripts
+        return 0
     from sed_ray.bench import data_bench
 
+    if not args.data:
+        raise ValueError(f"bench {args.what} needs --data")
+    if args.overrides:
+        raise ValueError(f"bench {args.what} takes no key=value overrides (got {args.overrides})")
     figures = data_bench.run(args.what, args.data, repeats=args.repeats, batch_seconds=args.batch_seconds)
     print(json.dumps(figures, indent=2))
     return 0
@@ -234,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch-size", type=int, default=8)
     infer.add_argument("--max-new-tokens", type=int, default=96)
     infer.add_argument("--num-beams", type=int, default=1, help="beam search width for the generated text (default 1: greedy)")
+    infer.add_argument("--labels", default=None, help="comma-separated: score the emotion over these of the model's "
+                                                      "labels only (default: all of them)")
     infer.set_defaults(handler=_infer)
 
     ev = commands.add_parser("evaluate", help="inference + scoring + the HTML report",
@@ -253,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-new-tokens", type=int, default=96)
     ev.add_argument("--num-beams", type=int, default=1, help="beam search width for the generated text (default 1: greedy)")
+    ev.add_argument("--labels", default=None, help="comma-separated: score over these of the model's labels only, "
+                                                   "e.g. neutral,happy,angry,sad for IEMOCAP's 4-class protocol "
+                                                   "with a 7-label model (default: all of them)")
     ev.set_defaults(handler=_evaluate)
 
     demo = commands.add_parser("demo", help="the whole pipeline on the synthetic corpus (tiny models, CPU)",
@@ -274,10 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="throughput benchmarks (prints figures as JSON)",
                                 description="prepare: audio seconds per wall second per core; ingest: the "
-                                            "Ray Data stream against a plain pyarrow reader over the same shards.")
-    bench.add_argument("what", choices=["prepare", "ingest"])
-    bench.add_argument("--data", required=True,
+                                            "Ray Data stream against a plain pyarrow reader over the same shards; "
+                                            "step: a config's per-worker training step without Ray, optionally "
+                                            "against a naive loop (one JSON line).")
+    bench.add_argument("what", choices=["prepare", "ingest", "step", "memory"])
+    bench.add_argument("--data", default=None,
                        help="prepare: a manifest to prepare (e.g. from `sed-ray synth`); ingest: a prepared folder")
+    bench.add_argument("--config", default=None, help="step: the YAML config whose step is timed")
+    bench.add_argument("overrides", nargs="*", help="step: dotted overrides of the config")
+    bench.add_argument("--steps", type=int, default=10, help="step: timed steps after warm-up (default 10)")
+    bench.add_argument("--warmup", type=int, default=3, help="step: untimed warm-up steps (default 3)")
+    bench.add_argument("--baseline", choices=["naive"], default=None,
+                       help="step: also time a straightforward loop in the same process, and the ratio")
+    bench.add_argument("--utterances", type=int, default=8, help="memory: utterances scored (x 7 labels)")
+    bench.add_argument("--layers", type=int, default=2, help="memory: LLM layers at Llama-3.1-8B's width")
+    bench.add_argument("--chunk-rows", type=int, default=32, help="memory: utterance x label rows per chunk")
+    bench.add_argument("--prefix-words", type=int, default=40, help="memory: transcript words before 'Emotion:'")
     bench.add_argument("--repeats", type=int, default=3, help="timed repetitions; medians are reported")
     bench.add_argument("--batch-seconds", type=float, default=64.0, help="padded audio seconds per batch")
     bench.set_defaults(handler=_bench)
@@ -285,7 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `bench step --config C key=value`: argparse fills the `overrides` positional before the options it
+    # follows, so key=value words after them come back here
+    if extra and args.command == "bench" and all("=" in word and not word.startswith("-") for word in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError) as exc:  # the user's mistake: say what to change, no traceback

@@ -57,6 +57,7 @@ class ModelConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     labels: tuple[str, ...] = FOUR_CLASS  # the emotion label set scored at inference
     dtype: str = "float32"  # "bfloat16" on GPUs; trainable parts stay in float32
+    attention: str = "sdpa"  # the LLM's attention kernel (transformers attn_implementation): sdpa | eager
     system_prompt: str = "You are an expert listener. You describe how people speak and how they feel."
 
     def to_dict(self) -> dict:
@@ -87,15 +88,23 @@ class DataSection:
     batch_seconds: float = 64.0  # padded audio seconds per batch per worker
     max_batch_size: int = 64  # utterances per batch, at most
     window_rows: int = 512  # utterances sorted together for bucketing
+    # LLM tokens per batch, at most (0 = no bound): rows x (row_tokens + longest seconds x audio_tokens_per_second).
+    # Audio seconds alone let a batch of short clips reach max_batch_size rows of ~160 prompt and target tokens each.
+    batch_tokens: int = 0
+    row_tokens: int = 160  # estimated prompt + target tokens per utterance
+    audio_tokens_per_second: float = 20.0  # pseudo-tokens per audio second: 2 streams x 50 Hz / 5 frames stacked
 
 
 @dataclass
 class ModelSection(ModelConfig):
-    preset: str | None = None  # "tiny": build the tiny base under <storage>/<name>-base; None: use encoder/llm
+    # "tiny": build the tiny base under <storage>/<name>/base; "paper-random": the paper's sizes with random
+    # weights (`sed-ray bench step` only); None: load encoder/llm as they are
+    preset: str | None = None
     tiny_vocab_size: int = 2000  # tiny preset: BPE vocabulary size
     tiny_encoder_steps: int = 0  # tiny preset: label-free masked-unit pretraining steps of the encoder
     tiny_lm_steps: int = 0  # tiny preset: plain text-LM pretraining steps of the LLM
     tiny_base_dir: str | None = None  # tiny preset: where the base is built/reused; None = <storage>/<name>/base
+    activation_checkpointing: bool = False  # recompute the LLM's layer activations in the backward (memory)
 
     def model_config(self) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -172,6 +181,9 @@ class LoggingSection:
 class ValidationSection:
     every_steps: int = 0  # 0 = at stage boundaries only
     max_batches: int = 20  # per worker
+    # generation budget for the transcript and descriptor the emotion is scored after: long enough that
+    # a long transcript is not cut before "Emotion:" (GigaSpeech clips: ~15-60 tokens; descriptors ~40)
+    max_new_tokens: int = 160
 
 
 @dataclass
@@ -213,12 +225,14 @@ class TrainConfig:
             (self.data.batch_seconds > 0, "data.batch_seconds: must be > 0"),
             (self.data.max_batch_size >= 1, "data.max_batch_size: must be >= 1"),
             (self.data.window_rows >= 1, "data.window_rows: must be >= 1"),
+            (self.data.batch_tokens >= 0, "data.batch_tokens: must be >= 0 (0 = no bound)"),
             (self.model.draft_bank_size >= 0, "model.draft_bank_size: must be >= 0 (0 turns the descriptor draft off)"),
             (self.model.draft_bank_tokens >= 1, "model.draft_bank_tokens: must be >= 1"),
             (self.model.draft_loss_weight >= 0, "model.draft_loss_weight: must be >= 0"),
             (self.max_failures >= 0, "max_failures: must be >= 0"),
             (self.logging.every_steps >= 1, "logging.every_steps: must be >= 1"),
             (self.validation.every_steps >= 0, "validation.every_steps: must be >= 0 (0 = at stage boundaries)"),
+            (self.validation.max_new_tokens >= 1, "validation.max_new_tokens: must be >= 1"),
             (bool(self.schedule.stages), "schedule.stages: list at least one stage"),
             (self.schedule.rounds >= 1, f"schedule.rounds: must be >= 1 (got {self.schedule.rounds})"),
         ]
@@ -244,6 +258,7 @@ class InferenceOptions:
     max_new_tokens: int = 96  # generation budget for transcript and descriptor
     num_beams: int = 1  # beam search width (1 = greedy)
     actors: int | None = None  # model replicas; None = one per GPU, or up to 2 on CPUs
+    labels: tuple[str, ...] | None = None  # score over these of the model's labels only; None = all
     latents: bool = False  # keep pooled Z_con / Z_des per utterance (the report's projections)
     listening: bool = False  # the listening check per utterance (needs reference fields)
 

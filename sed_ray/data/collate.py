@@ -52,13 +52,29 @@ def target_values(text, descriptor, emotion) -> dict:
     return {"transcript": text, "descriptor": descriptor, "emotion": emotion}
 
 
+def missing(value) -> bool:
+    return not " ".join(str(value or "").split())
+
+
+def unscored_places(builder: PromptBuilder, task, values: dict) -> list[int]:
+    """Target places not to learn: the tokens of a field this utterance has no value for (a corpus
+    without emotions or descriptors), its title and line break included, so the model is not taught to
+    write an empty field. Needs a fast tokenizer's offsets; without them every place is scored."""
+    if not any(missing(values.get(f)) for f in task.fields):
+        return []
+    owners = builder.token_fields(task, values)
+    return [i for i, f in enumerate(owners or []) if missing(values.get(f))]
+
+
 def token_lists(values: list[dict], builder: PromptBuilder, tasks: tuple[str, ...], fields: bool) -> dict[str, list]:
-    """Per task: `targets.<task>` (ids per utterance) and, with `fields`, `fields.<task>` (the index in the
-    task's field list of each token); `descriptor_ids` (the descriptor as the draft reads it)."""
+    """Per task: `targets.<task>` (ids per utterance), `unscored.<task>` (places of the target the loss
+    skips, `unscored_places`) and, with `fields`, `fields.<task>` (the index in the task's field list of
+    each token); `descriptor_ids` (the descriptor as the draft reads it)."""
     out: dict[str, list] = {"descriptor_ids": [builder.descriptor_ids(v) for v in values]}
     for name in tasks:
         task = get_task(name)
         out[f"targets.{name}"] = [builder.target_ids(task, v) for v in values]
+        out[f"unscored.{name}"] = [unscored_places(builder, task, v) for v in values]
         if fields:
             owners = [builder.token_fields(task, v) for v in values]
             out[f"fields.{name}"] = [[task.fields.index(f) for f in o] if o is not None else [FIELD_PAD] * len(ids)
@@ -71,7 +87,8 @@ def token_schema(collate: Collate | None) -> list[pa.Field]:
     if collate is None:
         return []
     ids = pa.list_(pa.list_(pa.int32()))
-    columns = [pa.field("descriptor_ids", ids)] + [pa.field(f"targets.{t}", ids) for t in collate.tasks]
+    columns = [pa.field("descriptor_ids", ids)] + [pa.field(f"{kind}.{t}", ids) for t in collate.tasks
+                                                   for kind in ("targets", "unscored")]
     if collate.fields:
         columns += [pa.field(f"fields.{t}", pa.list_(pa.list_(pa.int8()))) for t in collate.tasks]
     return columns
@@ -100,8 +117,9 @@ def pad_ids(lists: list[list[int]], pad: int = IGNORE) -> np.ndarray:
 @dataclass
 class Batch:
     """One batch of tensors. `pcm_BT` is int16 until `to(device)` turns it into float in [-1, 1).
-    `targets[task]` B x S and `descriptor_ids_BD` are right-padded with IGNORE; `fields[task]` (when
-    collated with fields) gives each target token's field index, FIELD_PAD on padding."""
+    `targets[task]` B x S and `descriptor_ids_BD` are right-padded with IGNORE; `scored[task]` B x S says
+    which target tokens the loss counts; `fields[task]` (when collated with fields) gives each target
+    token's field index, FIELD_PAD on padding."""
 
     pcm_BT: "object"  # torch.Tensor, int16 on the host or float32 on the device
     lengths_B: "object"  # torch.Tensor int64, samples per utterance
@@ -109,6 +127,7 @@ class Batch:
     targets: dict[str, "object"] = field(default_factory=dict)
     fields: dict[str, "object"] = field(default_factory=dict)
     descriptor_ids_BD: "object" = None
+    scored: dict[str, "object"] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, table: pa.Table) -> "Batch":
@@ -121,12 +140,17 @@ class Batch:
         shape = (row["batch_size"], row["max_len"])
         pcm = binary_value(table.column("pcm").combine_chunks(), 0, "<i2").reshape(shape)
         tensor = lambda lists, pad=IGNORE: torch.from_numpy(pad_ids(lists, pad))  # noqa: E731
-        return cls(pcm_BT=torch.from_numpy(pcm.copy()),  # Arrow buffers are read-only
+        audio = torch.from_numpy(pcm.copy())  # Arrow buffers are read-only
+        if torch.cuda.is_available():  # page-locked, so `to(device, non_blocking=True)` really overlaps
+            audio = audio.pin_memory()
+        return cls(pcm_BT=audio,
                    lengths_B=torch.tensor(row["lengths"], dtype=torch.int64),
                    meta={name: row[name] for name in BATCH_META if name in row},
                    targets={k.split(".", 1)[1]: tensor(v) for k, v in row.items() if k.startswith("targets.")},
                    fields={k.split(".", 1)[1]: tensor(v, FIELD_PAD) for k, v in row.items() if k.startswith("fields.")},
-                   descriptor_ids_BD=tensor(row["descriptor_ids"]) if "descriptor_ids" in row else None)
+                   descriptor_ids_BD=tensor(row["descriptor_ids"]) if "descriptor_ids" in row else None,
+                   scored={k.split(".", 1)[1]: scored_mask(row[f"targets.{k.split('.', 1)[1]}"], v)
+                           for k, v in row.items() if k.startswith("unscored.")})
 
     @property
     def size(self) -> int:
@@ -150,7 +174,7 @@ class Batch:
         return Batch(pcm_BT=pcm, lengths_B=move(self.lengths_B), meta=self.meta,
                      targets={k: move(v) for k, v in self.targets.items()},
                      fields={k: move(v) for k, v in self.fields.items()},
-                     descriptor_ids_BD=move(self.descriptor_ids_BD))
+                     descriptor_ids_BD=move(self.descriptor_ids_BD), scored={k: move(v) for k, v in self.scored.items()})
 
 
 def collate_rows(rows: list[dict], builder: PromptBuilder | None = None, tasks: tuple[str, ...] = (),
@@ -170,9 +194,20 @@ def collate_rows(rows: list[dict], builder: PromptBuilder | None = None, tasks: 
         lists = token_lists(values, builder, tasks, fields)
         batch.descriptor_ids_BD = torch.from_numpy(pad_ids(lists["descriptor_ids"]))
         batch.targets = {t: torch.from_numpy(pad_ids(lists[f"targets.{t}"])) for t in tasks}
+        batch.scored = {t: scored_mask(lists[f"targets.{t}"], lists[f"unscored.{t}"]) for t in tasks}
         if fields:
             batch.fields = {t: torch.from_numpy(pad_ids(lists[f"fields.{t}"], FIELD_PAD)) for t in tasks}
     return batch
+
+
+def scored_mask(targets: list[list[int]], unscored: list[list[int]]):
+    """B x S bool: the real target places, less the unscored ones."""
+    import torch
+
+    mask = torch.from_numpy(pad_ids(targets)) != IGNORE
+    for row, places in enumerate(unscored):
+        mask[row, places] = False
+    return mask
 
 
 def padding_fraction(batches) -> float:

@@ -77,10 +77,16 @@ def plan_batches(num_samples: np.ndarray, config: StreamConfig, rng: np.random.G
     """Group row indices into batches of similar length under the padded-samples budget.
 
     Rows are sorted by length (random tie-breaking when `rng` is given); a batch closes when adding the
-    next row would exceed `batch_seconds` of padded audio or `max_batch_size` rows. A row longer than
+    next row would exceed `batch_seconds` of padded audio, `max_batch_size` rows, or (when set)
+    `batch_tokens` estimated LLM tokens. A row longer than
     the budget gets a batch of its own. Batch order is shuffled when `rng` is given.
     """
     budget = config.data.batch_seconds * SAMPLE_RATE
+    data = config.data
+
+    def llm_tokens(rows: int, longest: int) -> float:  # the batch's estimated LLM tokens (padded)
+        return rows * (data.row_tokens + longest / SAMPLE_RATE * data.audio_tokens_per_second)
+
     jitter = rng.random(len(num_samples)) if rng is not None else np.zeros(len(num_samples))
     order = np.lexsort((jitter, num_samples))
     batches: list[np.ndarray] = []
@@ -88,7 +94,8 @@ def plan_batches(num_samples: np.ndarray, config: StreamConfig, rng: np.random.G
     for end in range(1, len(order) + 1):
         size = end - start
         longest = num_samples[order[end - 1]]  # sorted ascending: the last row is the longest
-        if size > 1 and (longest * size > budget or size > config.data.max_batch_size):
+        too_many_tokens = data.batch_tokens and llm_tokens(size, longest) > data.batch_tokens
+        if size > 1 and (longest * size > budget or size > data.max_batch_size or too_many_tokens):
             batches.append(order[start:end - 1])
             start = end - 1
     if start < len(order):

@@ -56,7 +56,7 @@ def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folders = {k: model_folder(v) for k, v in checkpoints.items()}
-    labels = list(read_config(next(iter(folders.values()))).labels)
+    labels = list(options.labels or read_config(next(iter(folders.values()))).labels)
     # The checkpoints are valid, so this run will go ahead: an earlier evaluation's results must not outlive
     # it if it fails. metrics.json (written last) says a folder is finished; the report must match it.
     for stale in ("metrics.json", "report.html", "predictions.parquet"):

@@ -99,7 +99,8 @@ class Predictor:
             references = [{"descriptor": r.get("descriptor") or ""} for r in good]
             predictions = self.model.predict(tensors.pcm_BT, tensors.lengths_B, options.task, references=references,
                                              descriptors=options.descriptors, max_new_tokens=options.max_new_tokens,
-                                             num_beams=options.num_beams, return_latents=options.latents)
+                                             num_beams=options.num_beams, return_latents=options.latents,
+                                             labels=options.labels)
             results = {r["id"]: p for r, p in zip(good, predictions)}
             if options.listening:
                 self._listening_check(good, tensors, results)
@@ -151,6 +152,13 @@ def run_inference(checkpoint: str, inputs: str | os.PathLike, options: Inference
 
     problems = options.problems() + [p for p in [_name_problem("task", options.task, TASKS_NAMES),
                                                  _name_problem("descriptors", options.descriptors, DESCRIPTOR_SOURCES)] if p]
+    if options.labels is not None:
+        from sed_ray.model.weights import model_folder, read_config
+
+        known = read_config(model_folder(checkpoint)).labels
+        if not options.labels or set(options.labels) - set(known):
+            problems.append(f"labels: {list(options.labels)} must be a non-empty subset of the model's labels "
+                            f"{list(known)}")
     if problems:
         raise ValueError("invalid inference options:\n  - " + "\n  - ".join(problems))
     ensure_ray()

@@ -34,14 +34,15 @@ class LossOutput:
     loss: torch.Tensor  # ce + beta_con * kl_con + beta_des * kl_des (+ draft_loss_weight * draft_bow)
     ce: torch.Tensor
     kl: dict[str, torch.Tensor]  # per branch used by the task
-    target_tokens: int
-    sequence_tokens: int
+    target_tokens: torch.Tensor  # 0-dim counts, left on the device: reading them would wait for the step
+    sequence_tokens: torch.Tensor
     draft_bow: torch.Tensor | None = None  # the descriptor draft's bag-of-words loss, when the task uses it
 
-    def parts(self) -> dict[str, float]:
-        parts = {"loss": float(self.loss.detach()), "ce": float(self.ce), **{f"kl_{k}": float(v) for k, v in self.kl.items()}}
+    def parts(self) -> dict[str, torch.Tensor]:
+        """The loss parts as detached 0-dim tensors (still on the device: no host synchronisation)."""
+        parts = {"loss": self.loss.detach(), "ce": self.ce, **{f"kl_{k}": v for k, v in self.kl.items()}}
         if self.draft_bow is not None:
-            parts["draft_bow"] = float(self.draft_bow)
+            parts["draft_bow"] = self.draft_bow
         return parts
 
 
@@ -80,7 +81,8 @@ class SpeechEmotionLLM(nn.Module):
         dtype = DTYPES[config.dtype]
         encoder = SpeechEncoder.from_pretrained(config.encoder, config.encoder_normalize, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(config.llm, trust_remote_code=False)
-        llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, trust_remote_code=False)
+        llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, trust_remote_code=False,
+                                                   attn_implementation=config.attention)
         return cls(config, encoder, with_lora(llm, config), tokenizer)
 
     # --- trainability -------------------------------------------------------------------------------
@@ -171,17 +173,18 @@ class SpeechEmotionLLM(nn.Module):
         return cache[key]
 
     def _assemble(self, task: Task, streams, target_ids_BS: torch.Tensor, scored_BS: torch.Tensor | None = None,
-                  repeat: int = 1):
+                  repeat: int = 1, first_row: int = 0):
         """Left-padded inputs_embeds for prompt + streams + targets, and labels at the scored target tokens.
         `target_ids_BS`: right-padded with IGNORE (width 0 for none); `scored_BS`: which of them are scored
-        (default: all). Row i uses stream row i // repeat (label scoring repeats each utterance).
+        (default: all). Row i uses stream row (first_row + i) // repeat (label scoring repeats each
+        utterance, and goes through its rows in chunks).
 
         Built for all rows at once: every piece at its full width with a validity mask, then each row's
         valid places moved, in order, to its end (left padding)."""
         embed = self.llm.get_input_embeddings()
         device = embed.weight.device
         rows = target_ids_BS.shape[0]
-        source_B = torch.arange(rows, device=device) // repeat
+        source_B = (torch.arange(rows, device=device) + first_row) // repeat
         parts, valid, labels = [], [], []
         for kind, payload in self._piece_ids(task, device):
             if kind == "ids":
@@ -213,11 +216,13 @@ class SpeechEmotionLLM(nn.Module):
     # --- training -----------------------------------------------------------------------------------
     def forward(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, target_ids_BS: torch.Tensor, task: str,
                 beta: dict[str, float] | None = None, draft_teacher_share: float = 0.0,
-                descriptor_ids_BD: torch.Tensor | None = None) -> LossOutput:
+                descriptor_ids_BD: torch.Tensor | None = None, target_scored_BS: torch.Tensor | None = None) -> LossOutput:
         """Loss = cross-entropy on target tokens + sum over the task's branches of beta[b] * KL[b]
         (+ the descriptor draft's weighted bag-of-words loss). Tensors only: `target_ids_BS` are the task's
         target tokens and `descriptor_ids_BD` the reference descriptor's (the draft's bag-of-words target),
-        both right-padded with IGNORE, as `data/collate.py` builds them. `draft_teacher_share`: the
+        both right-padded with IGNORE, as `data/collate.py` builds them; `target_scored_BS` (default: all)
+        says which target tokens the loss counts (a field the corpus lacks for a row is read, not learnt).
+        `draft_teacher_share`: the
         expected share of rows whose slot gets the reference descriptor instead of the draft's hypothesis
         (so the LLM first learns to read the slot)."""
         spec = get_task(task)
@@ -229,45 +234,51 @@ class SpeechEmotionLLM(nn.Module):
             use_B = torch.rand(target_ids_BS.shape[0]) < draft_teacher_share  # CPU generator, seeded per rank
             references = (descriptor_ids_BD, use_B)
         streams, kls, guess = self.encode_for(spec, hidden_LBFD, mask_BF, references)
-        inputs, attention, positions, labels = self._assemble(spec, streams, target_ids_BS)
-        out = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions, labels=labels,
-                       use_cache=False)
+        inputs, attention, positions, labels = self._assemble(spec, streams, target_ids_BS, target_scored_BS)
+        # Logits only where a target token is predicted: rows are left-padded, so every row's target sits
+        # in the last `width` places, predicted by the `width + 1` last positions' logits (the prompt and the
+        # audio pseudo-tokens, most of the sequence, never reach the vocabulary projection).
+        width = target_ids_BS.shape[1]
+        logits_BKV = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions,
+                              use_cache=False, logits_to_keep=width + 1).logits
+        ce = torch.nn.functional.cross_entropy(logits_BKV[:, :-1].float().flatten(0, 1),
+                                               labels[:, -width:].flatten(), ignore_index=IGNORE)
         beta = beta or {}
-        loss = out.loss + sum(float(beta.get(b, 0.0)) * kls[b] for b in spec.inputs)
+        loss = ce + sum(float(beta.get(b, 0.0)) * kls[b] for b in spec.inputs)
         draft_bow = None
         if guess is not None:
             draft_bow = bag_of_words_loss(guess.logp_BV, descriptor_ids_BD)
             loss = loss + self.config.draft_loss_weight * draft_bow
-        return LossOutput(loss=loss, ce=out.loss.detach(), kl={b: k.detach() for b, k in kls.items()},
-                          target_tokens=int((labels != IGNORE).sum()), sequence_tokens=int(attention.sum()),
+        return LossOutput(loss=loss, ce=ce.detach(), kl={b: k.detach() for b, k in kls.items()},
+                          target_tokens=(labels != IGNORE).sum(), sequence_tokens=attention.sum(),
                           draft_bow=None if draft_bow is None else draft_bow.detach())
 
     # --- inference ----------------------------------------------------------------------------------
-    def _token_logp(self, spec: Task, streams, target_ids_BS: torch.Tensor, scored_BS: torch.Tensor | None = None,
-                    repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per row and position: the log-probability of the next token where it is scored (0 elsewhere),
-        and where that is. Rows are left-padded, so each row's target ends at the last position."""
+    def _tail_logp(self, spec: Task, streams, target_ids_BS: torch.Tensor, scored_BS: torch.Tensor | None,
+                   tail: int, repeat: int = 1, first_row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities of the last `tail` target places of each row (right-aligned: rows are
+        left-padded, so column -1 is every row's last target token), 0 where not scored, and where they
+        are scored. The LLM computes logits for the last `tail + 1` positions only."""
         inputs, attention, positions, label_ids = self._assemble(spec, streams, target_ids_BS, scored_BS,
-                                                                 repeat=repeat)
-        logits = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions,
-                          use_cache=False).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        next_ids = label_ids[:, 1:]
-        mask = next_ids != IGNORE
-        return logp.gather(-1, next_ids.clamp(min=0)[..., None])[..., 0] * mask, mask
-
-    def _target_logp(self, spec: Task, streams, target_ids_BS: torch.Tensor, scored_BS: torch.Tensor,
-                     repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per row: summed log-probability of its scored target tokens, and how many there are."""
-        token_logp, mask = self._token_logp(spec, streams, target_ids_BS, scored_BS, repeat)
-        return token_logp.sum(-1), mask.sum(-1)
+                                                                 repeat=repeat, first_row=first_row)
+        logits_BKV = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions,
+                              use_cache=False, logits_to_keep=tail + 1).logits
+        next_BK = label_ids[:, label_ids.shape[1] - tail:]
+        mask_BK = next_BK != IGNORE
+        logp_BKV = torch.log_softmax(logits_BKV[:, :-1].float(), dim=-1)
+        return logp_BKV.gather(-1, next_BK.clamp(min=0)[..., None])[..., 0] * mask_BK, mask_BK
 
     @torch.no_grad()
-    def score_labels(self, streams, task: str, prefixes: list[dict]) -> torch.Tensor:
-        """Posterior over config.labels (B x C): each label scored as the continuation after
-        "Emotion:" (its tokens and the end token), given the prefix fields in `prefixes`."""
+    def score_labels(self, streams, task: str, prefixes: list[dict], labels: tuple[str, ...] | None = None,
+                     chunk_rows: int = 32) -> torch.Tensor:
+        """Posterior over `labels` (default: config.labels; B x C): each label scored as the continuation
+        after "Emotion:" (its tokens and the end token), given the prefix fields in `prefixes`.
+
+        Memory: the utterance x label rows go through the LLM `chunk_rows` at a time, and each computes
+        logits only for the continuation's places, so the peak grows with chunk_rows x the longest
+        label x the vocabulary, not with the whole sequence."""
         spec = get_task(task)
-        labels = self.config.labels
+        labels = tuple(labels or self.config.labels)
         targets, scored = [], []
         for values in prefixes:
             prefix, continuations = self.prompts.label_continuations(spec, values, labels)
@@ -277,8 +288,14 @@ class SpeechEmotionLLM(nn.Module):
         device = self.llm.get_input_embeddings().weight.device
         target_ids_BS = pad_ids(targets, device)
         scored_BS = pad_ids([[int(x) for x in row] for row in scored], device, pad=0).bool()
-        scores, _ = self._target_logp(spec, streams, target_ids_BS, scored_BS, repeat=len(labels))
-        return torch.softmax(scores.view(len(prefixes), len(labels)), dim=-1)
+        tail = max(int(sum(row)) for row in scored)  # the continuations end every row
+        scores = []
+        for start in range(0, len(targets), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            logp_BK, _ = self._tail_logp(spec, streams, target_ids_BS[rows], scored_BS[rows], tail,
+                                         repeat=len(labels), first_row=start)
+            scores.append(logp_BK.sum(-1))
+        return torch.softmax(torch.cat(scores).view(len(prefixes), len(labels)), dim=-1)
 
     @torch.no_grad()
     def listening_check(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, target_ids_BS: torch.Tensor,
@@ -298,18 +315,19 @@ class SpeechEmotionLLM(nn.Module):
         valid_BS = target_ids_BS != IGNORE
         counts_B = valid_BS.sum(-1)
 
+        width = target_ids_BS.shape[1]
+
         def nll(hidden_LBFD, mask_BF):
             streams, _, _ = self.encode_for(spec, hidden_LBFD, mask_BF)
-            token_logp, _ = self._token_logp(spec, streams, target_ids_BS)
-            # the row's n target tokens are predicted at its last n positions (left padding)
-            last = token_logp.shape[1] - 1
-            index_BS = (last + 1 - counts_B[:, None] + torch.arange(target_ids_BS.shape[1], device=counts_B.device))
-            per_token_BS = -token_logp.gather(1, index_BS.clamp(0, last)) * valid_BS
+            logp_BK, _ = self._tail_logp(spec, streams, target_ids_BS, None, width)
+            # right-aligned -> the target's own columns: the row's n tokens are its last n places
+            index_BS = width - counts_B[:, None] + torch.arange(width, device=counts_B.device)
+            per_token_BS = -logp_BK.gather(1, index_BS.clamp(0, width - 1)) * valid_BS
             per_field_BF = None
             if fields_BS is not None:
                 per_field_BF = torch.stack([(per_token_BS * (fields_BS == f)).sum(-1)
                                             for f in range(len(spec.fields))], -1)
-            return (-token_logp.sum(-1)).tolist(), per_field_BF
+            return (-logp_BK.sum(-1)).tolist(), per_field_BF
 
         hidden_LBFD, mask_BF = self.encoder(pcm_BT, lengths_B)
         own, own_fields = nll(hidden_LBFD, mask_BF)
@@ -347,7 +365,8 @@ class SpeechEmotionLLM(nn.Module):
     @torch.no_grad()
     def predict(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, task: str = "joint",
                 references: list[dict] | None = None, descriptors: str = "predicted",
-                max_new_tokens: int = 96, num_beams: int = 1, return_latents: bool = False) -> list[dict]:
+                max_new_tokens: int = 96, num_beams: int = 1, return_latents: bool = False,
+                labels: tuple[str, ...] | None = None) -> list[dict]:
         """Per utterance: transcript, descriptor, emotion and its posterior over the label set; the
         emotion is scored after the transcript and the descriptor that `descriptors` names:
 
@@ -358,7 +377,12 @@ class SpeechEmotionLLM(nn.Module):
         "ground-truth": the reference (`references[i]["descriptor"]`), in the slot too (the paper's ablation).
 
         Each row also keeps the LLM's generated descriptor (`descriptor_generated`) and the draft
-        (`descriptor_draft`, None without one)."""
+        (`descriptor_draft`, None without one). `labels`: score over these of the model's labels only
+        (a 7-label model on IEMOCAP's 4-class protocol); default all."""
+        labels = tuple(labels or self.config.labels)
+        if set(labels) - set(self.config.labels):
+            raise ValueError(f"labels {sorted(set(labels) - set(self.config.labels))} are not among the model's "
+                             f"labels {list(self.config.labels)}")
         if descriptors not in DESCRIPTOR_SOURCES:
             raise ValueError(f"descriptors must be one of {', '.join(DESCRIPTOR_SOURCES)} (got {descriptors!r})")
         if descriptors == "ground-truth" and references is None:
@@ -386,9 +410,9 @@ class SpeechEmotionLLM(nn.Module):
                             "generated_emotion": parsed["emotion"], "raw": text,
                             "descriptor_generated": parsed["descriptor"], "descriptor_draft": drafts[i]})
         if "emotion" in spec.fields:
-            posterior = self.score_labels(streams, task, results)
+            posterior = self.score_labels(streams, task, results, labels)
             for row, probs in zip(results, posterior.tolist()):
-                row["posterior"] = dict(zip(self.config.labels, probs))
+                row["posterior"] = dict(zip(labels, probs))
                 row["emotion"] = max(row["posterior"], key=row["posterior"].get)
         if return_latents:  # Z pooled over valid frames, for the report's projections
             for branch in BRANCHES:

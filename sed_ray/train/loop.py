@@ -17,6 +17,7 @@ from sed_ray.model.speech_llm import SpeechEmotionLLM, count_parameters
 from sed_ray.train.checkpoint import (TrainPosition, read_optimizer_state, read_position, restore_model,
                                       write_checkpoint)
 from sed_ray.train.context import TrainContext
+from sed_ray.train.memory import apply_memory_settings
 from sed_ray.train.schedules import beta_for, lr_at
 from sed_ray.train.stages import Position, schedule_for
 from sed_ray.train.step import StageRunner
@@ -61,15 +62,16 @@ def validate(model, context: TrainContext, task: str, config: TrainConfig) -> di
         batch = batch.to(context.device)
         with torch.no_grad():
             out = model(batch.pcm_BT, batch.lengths_B, batch.targets[task], task,
-                        descriptor_ids_BD=batch.descriptor_ids_BD)
+                        descriptor_ids_BD=batch.descriptor_ids_BD, target_scored_BS=batch.scored.get(task))
         totals[0] += 1
-        totals[1] += float(out.ce) * out.target_tokens
-        totals[2] += out.target_tokens
+        totals[1] += float(out.ce) * float(out.target_tokens)
+        totals[2] += float(out.target_tokens)
         for i, branch in enumerate(spec.inputs):
             totals[3 + i] += float(out.kl[branch])
         if "emotion" in spec.fields:
-            for truth, row in zip(batch.meta["emotion"], model.predict(batch.pcm_BT, batch.lengths_B, task,
-                                                                       max_new_tokens=64)):
+            predicted = model.predict(batch.pcm_BT, batch.lengths_B, task,
+                                      max_new_tokens=config.validation.max_new_tokens)
+            for truth, row in zip(batch.meta["emotion"], predicted):
                 if truth in labels:
                     confusion[labels.index(truth), labels.index(row["emotion"])] += 1
     totals = context.all_reduce_sum(totals.to(context.device)).cpu()
@@ -109,6 +111,7 @@ class WorkerRun:
         (run_dir / "workers" / f"rank{rank}.pid").write_text(str(os.getpid()))  # ops: which process is which rank
         torch.manual_seed(self.config.seed)
         self.model = SpeechEmotionLLM.from_config(self.config.model.model_config()).to(self.context.device)
+        apply_memory_settings(self.model, self.config)
         if self.model.draft is not None:
             held = self.model.set_descriptor_bank(self.draft_bank)
             self.tracker.console(f"[train] descriptor draft: {held} training descriptors in its bank"
@@ -134,9 +137,12 @@ class WorkerRun:
         checkpoint's optimiser state."""
         if where.index == self.runner_index:
             return
-        if self.runner is not None:
+        carried = {}
+        if self.runner is not None:  # the finished stage's master weights (fp32 under DeepSpeed's bf16 mode)
+            carried = self.runner.model_state()
             self.runner.close()
         self.runner = StageRunner(self.model, where.stage, self.config, self.context.device)
+        self.runner.set_master_weights(carried)
         if self.optimizer_tensors and where.index == self.position.stage_index and where.step_in_stage > 0:
             self.runner.restore(self.saved_weights, self.optimizer_tensors, self.position.optimizer_step)
         self.optimizer_tensors, self.saved_weights = {}, {}
@@ -200,7 +206,8 @@ class WorkerRun:
     def run(self) -> TrainPosition:
         self.build()
         self.resume()
-        self.llm_parameters = count_parameters(self.model.llm)["total"]
+        embedding = self.model.llm.get_input_embeddings().weight.numel()  # a lookup, not a matmul
+        self.llm_parameters = count_parameters(self.model.llm)["total"] - embedding
         while self.position.step < self.total:
             where = self.schedule.locate(self.position.step)
             self.enter_stage(where)
@@ -220,9 +227,10 @@ def train_worker(config: TrainConfig, context: TrainContext, draft_bank: list[st
 
 
 def summarise(window, world_size: int, flops_peak: float | None, llm_params: int) -> dict:
-    """Averages over the logging window; throughput scaled to all workers (rank 0's rate x world size)."""
+    """Averages over the logging window; throughput scaled to all workers (rank 0's rate x world size).
+    The one place the step's device-side figures are read back."""
     seconds = sum(e for _, e, _ in window) or 1e-9
-    metrics = [m for m, _, _ in window]
+    metrics = [{k: float(v) for k, v in m.items()} for m, _, _ in window]
     keys = {k for m in metrics for k in m if k not in ("target_tokens", "sequence_tokens")}
     record = {k: sum(m.get(k, 0.0) for m in metrics) / len(metrics) for k in keys}
     tokens = sum(m["sequence_tokens"] for m in metrics)
@@ -230,6 +238,6 @@ def summarise(window, world_size: int, flops_peak: float | None, llm_params: int
     padded = [b.padding_fraction for _, _, bs in window for b in bs]
     record |= {"tokens_per_s": world_size * tokens / seconds, "audio_s_per_s": world_size * audio / seconds,
                "padding_fraction": sum(padded) / len(padded), "step_time_s": seconds / len(window)}
-    if flops_peak:  # LoRA on a frozen LLM: ~4 N FLOPs per token (forward + input-gradient backward)
-        record["mfu"] = (tokens / seconds) * 4 * llm_params / flops_peak
+    if flops_peak:  # LoRA on a frozen LLM: ~4 N FLOPs per token (forward + input-gradient backward), N
+        record["mfu"] = (tokens / seconds) * 4 * llm_params / flops_peak  # without the input embedding
     return record

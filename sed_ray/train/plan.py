@@ -14,7 +14,8 @@ from sed_ray.train.schedules import BETA_SCHEDULES, LR_DECAYS, beta_for
 from sed_ray.train.stages import STAGE_PRESETS, schedule_for
 from sed_ray.train.step import PRECISIONS
 
-MODEL_PRESETS = (None, "tiny")  # model.preset: None = load model.encoder / model.llm as they are
+MODEL_PRESETS = (None, "tiny", "paper-random")  # None = load model.encoder / model.llm as they are
+ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 
 
 def _name_problem(key: str, value, valid) -> str | None:
@@ -27,7 +28,8 @@ def name_problems(config: TrainConfig) -> list[str]:
     """Every field that takes a name, against its registry."""
     named = [("optim.decay", config.optim.decay, LR_DECAYS), ("beta.kind", config.beta.kind, BETA_SCHEDULES),
              ("model.dtype", config.model.dtype, DTYPES), ("deepspeed.precision", config.deepspeed.precision, PRECISIONS),
-             ("model.preset", config.model.preset, MODEL_PRESETS)]
+             ("model.preset", config.model.preset, MODEL_PRESETS),
+             ("model.attention", config.model.attention, ATTENTIONS)]
     for i, stage in enumerate(config.schedule.stages):
         named.append((f"schedule.stages[{i}].preset", stage.preset, STAGE_PRESETS))
         if stage.task is not None:
@@ -35,10 +37,27 @@ def name_problems(config: TrainConfig) -> list[str]:
     return [p for key, value, valid in named if (p := _name_problem(key, value, valid))]
 
 
+# Settings that are valid names but that sed-ray refuses, with the reason and what to use instead.
+UNSUPPORTED_ZERO3 = (
+    "deepspeed.zero_stage: 3 is refused: sed-ray trains stage by stage, each with a fresh engine over the "
+    "same module, and ZeRO-3 leaves that module partitioned (every frozen weight too) where the next engine, "
+    "the descriptor draft's embedding read and generation expect whole tensors; it also all-gathers the "
+    "frozen 16 GB base on every step. Use 2 (the frozen base replicated, the trainable <1 % partitioned) "
+    "or 1; on CPU, 0 works too")
+
+
+def support_problems(config: TrainConfig) -> list[str]:
+    found = [UNSUPPORTED_ZERO3] if config.deepspeed.enabled and config.deepspeed.zero_stage == 3 else []
+    if config.model.preset == "paper-random":
+        found.append("model.preset: paper-random (random weights at the paper's sizes) is for `sed-ray bench step` "
+                     "only; train with model.preset=null and real encoder/llm checkpoints")
+    return found
+
+
 def problems(config: TrainConfig, check_sources: bool = True) -> list[str]:
     """Everything wrong with `config` that can be seen without a cluster. `check_sources`: also the
     shards and (without the tiny preset) the model checkpoints, where the driver can see them."""
-    found = config.problems() + name_problems(config)
+    found = config.problems() + name_problems(config) + support_problems(config)
     if not found:  # the objects build only from valid names and numbers
         found += [f"schedule: {p}" for p in schedule_for(config).validate()]
         try:

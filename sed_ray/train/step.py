@@ -66,15 +66,21 @@ class StageRunner:
                                                                dist_init_required=False)
         else:
             self.optimizer = optimizer
+        # Without ZeRO partitioning, DeepSpeed's bf16 mode keeps the fp32 master copies in the wrapping
+        # optimiser's fp32_groups (the torch optimiser steps those): find a parameter's master by position.
+        self._masters = {id(p): m for low, high in zip(getattr(self.optimizer, "fp16_groups", []),
+                                                        getattr(self.optimizer, "fp32_groups", []))
+                         for p, m in zip(low, high)}
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
     def train_step(self, batches: list, task: str, beta: dict[str, float], draft_teacher_share: float = 0.0) -> dict:
-        """One optimiser step over `grad_accum` micro-batches (collated `data.collate.Batch`es on the host)."""
+        """One optimiser step over `grad_accum` micro-batches (collated `data.collate.Batch`es on the host).
+        Returns the step's figures as 0-dim tensors, not read back: the host reads them when it logs."""
         self.model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         target_tokens = sequence_tokens = 0
         for batch in batches:
             if task not in batch.targets:
@@ -82,7 +88,7 @@ class StageRunner:
                                  "Collate must list every task of the stage schedule")
             batch = batch.to(self.device)
             inputs = (batch.pcm_BT, batch.lengths_B, batch.targets[task], task, beta, draft_teacher_share,
-                      batch.descriptor_ids_BD)
+                      batch.descriptor_ids_BD, batch.scored.get(task))
             if self.engine is not None:
                 out = self.engine(*inputs)
                 self.engine.backward(out.loss)
@@ -91,7 +97,7 @@ class StageRunner:
                 out = self.model(*inputs)
                 (out.loss / self.grad_accum).backward()
             for key, value in out.parts().items():
-                sums[key] = sums.get(key, 0.0) + value / len(batches)
+                sums[key] = sums.get(key, 0.0) + value.float() / len(batches)
             target_tokens += out.target_tokens
             sequence_tokens += out.sequence_tokens
         if self.engine is None:
@@ -99,11 +105,11 @@ class StageRunner:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if norm is not None:
-                sums["grad_norm"] = float(norm)
+                sums["grad_norm"] = norm.detach()
         else:
             norm = self.engine.get_global_grad_norm()
             if norm is not None:
-                sums["grad_norm"] = float(norm)
+                sums["grad_norm"] = torch.as_tensor(norm)
         return {**sums, "target_tokens": target_tokens, "sequence_tokens": sequence_tokens}
 
     # --- checkpoint state: full-size tensors, identical on every rank, world-size independent -------
@@ -113,9 +119,10 @@ class StageRunner:
             from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
             return safe_get_full_fp32_param(param) if key is None else safe_get_full_optimizer_state(param, key)
-        if key is None:  # plain optimiser, or DeepSpeed without ZeRO partitioning: the module holds it
-            return param.detach()
-        return self._base_optimizer().state.get(param, {}).get(key)
+        master = self._masters.get(id(param), param)  # the module holds it, unless DeepSpeed's bf16 copy
+        if key is None:
+            return master.detach()
+        return self._base_optimizer().state.get(master, {}).get(key)
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """All trainable-group weights; this stage's from the optimiser's fp32 master copy.
@@ -147,14 +154,27 @@ class StageRunner:
         return 0
 
     def restore(self, weights: dict[str, torch.Tensor], moments: dict[str, torch.Tensor], step: int) -> None:
-        """Resume mid-stage: the optimiser's fp32 master weights (under ZeRO, separate from the module's
-        possibly bf16 copy) and Adam's moments and step count, from a checkpoint."""
+        """Resume mid-stage: the optimiser's fp32 master weights and Adam's moments and step count."""
+        self.set_master_weights(weights)
+        self.load_optimizer_state(moments, step)
+
+    def set_master_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Put full-precision weights (by name) into this stage's master copies, where they differ from the
+        module's (DeepSpeed's bf16 mode): after a resume, and when a stage starts, so that a weight two
+        stages train (LoRA) carries its fp32 value across the boundary instead of its bf16 rounding."""
         if self._partitioned():
             from deepspeed.utils import safe_set_full_fp32_param
 
             for name, param in zip(self.names, self.params):
-                safe_set_full_fp32_param(param, weights[name].to(self.device))
-        self.load_optimizer_state(moments, step)
+                if name in weights:
+                    safe_set_full_fp32_param(param, weights[name].to(self.device, torch.float32))
+            return
+        with torch.no_grad():
+            for name, param in zip(self.names, self.params):
+                master = self._masters.get(id(param))
+                if master is not None and name in weights:
+                    master.copy_(weights[name].to(master.device, master.dtype))
+                    param.copy_(master)
 
     def _partitioned(self) -> bool:
         return self.engine is not None and any(hasattr(p, "_hp_mapping") or hasattr(p, "ds_id") for p in self.params)
@@ -167,11 +187,12 @@ class StageRunner:
         partitioned = self._partitioned()
         if not partitioned:
             for name, param in zip(self.names, self.params):
+                master = self._masters.get(id(param), param)
                 if f"exp_avg/{name}" in tensors:
-                    self._base_optimizer().state[param] = {
+                    self._base_optimizer().state[master] = {
                         "step": torch.tensor(float(step)),
-                        "exp_avg": tensors[f"exp_avg/{name}"].to(param.device, param.dtype).clone(),
-                        "exp_avg_sq": tensors[f"exp_avg_sq/{name}"].to(param.device, param.dtype).clone()}
+                        "exp_avg": tensors[f"exp_avg/{name}"].to(master.device, master.dtype).clone(),
+                        "exp_avg_sq": tensors[f"exp_avg_sq/{name}"].to(master.device, master.dtype).clone()}
             return
         from deepspeed.utils import safe_set_full_optimizer_state
 

@@ -12,17 +12,21 @@ from pathlib import Path
 from sed_ray.config import TrainConfig
 from sed_ray.files import RUN_METRICS
 
-# dense bf16 peak FLOP/s by GPU name, for the MFU estimate
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+# dense bf16 peak FLOP/s by GPU name, for the MFU estimate; the first name found in the device's wins,
+# so the PCIe and NVL parts come before the SXM one they contain ("NVIDIA H100 PCIe" vs "NVIDIA H100 80GB HBM3")
+PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12),
+              ("L40S", 362e12), ("A10G", 125e12))
 
 
-def peak_flops() -> float | None:
+def peak_flops(name: str | None = None) -> float | None:
+    """The device's dense bf16 peak (None off CUDA or for an unknown part)."""
     import torch
 
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    if name is None:
+        if not torch.cuda.is_available():
+            return None
+        name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_FLOPS if k in name), None)
 
 
 class Tracker:

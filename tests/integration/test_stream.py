@@ -158,3 +158,14 @@ def test_equal_batches_per_rank_through_ray_train(skewed_shards, tmp_path, world
         assert len(ids) == len(set(ids))  # no utterance on two ranks
         total = count_rows(skewed_shards, "train")
         assert len(ids) >= total - (world_size - 1) * CONFIG.data.max_batch_size  # at most a few batches dropped
+
+
+def test_a_token_budget_bounds_batches_of_short_clips():
+    """Audio seconds alone let 64 one-second clips form one batch of 64 x ~180 LLM tokens."""
+    lengths = np.full(64, 16_000)
+    by_audio = plan_batches(lengths, StreamConfig(DataSection(batch_seconds=64, max_batch_size=64)), rng=None)
+    assert [len(b) for b in by_audio] == [64]
+    data = DataSection(batch_seconds=64, max_batch_size=64, batch_tokens=1800, row_tokens=160,
+                       audio_tokens_per_second=20)
+    by_tokens = plan_batches(lengths, StreamConfig(data), rng=None)
+    assert all(len(b) * (160 + 20) <= 1800 for b in by_tokens) and sum(len(b) for b in by_tokens) == 64

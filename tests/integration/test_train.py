@@ -4,6 +4,7 @@ a worker killed mid-stage; a run stopped and relaunched; bad configs refused bef
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -171,6 +172,35 @@ def test_relaunch_with_same_name_continues(synth_shards, tmp_path, ray_cluster):
     assert (run_dir / "config.json").read_text() == saved and max(_checkpoints(run_dir)) == 10
 
 
+@pytest.mark.parametrize("zero", [0, 1, 2])
+def test_bf16_deepspeed_trains_both_stages_checkpoints_full_size_and_the_checkpoint_predicts(synth_shards, tmp_path,
+                                                                                              ray_cluster, zero):
+    """paper.yaml's precision on the tiny config, two workers: DeepSpeed casts the whole module to bf16
+    (the run crashed at its first step before the model fed each block its own dtype)."""
+    config = _config(synth_shards, tmp_path, f"bf16-zero{zero}", stage1=2, stage2=2,
+                     **{"deepspeed.precision": "bf16", "deepspeed.zero_stage": zero})
+    launch(config)
+    run_dir = tmp_path / f"bf16-zero{zero}"
+    checkpoints = _checkpoints(run_dir)
+    assert sorted(checkpoints) == [2, 4]
+    saved = load_file(str(checkpoints[4] / "model" / "trainable.safetensors"))
+    floats = {k: v for k, v in saved.items() if v.is_floating_point() and v.dtype != torch.float64}
+    assert floats and all(v.dtype == torch.float32 and v.numel() > 0 for v in floats.values())
+    moments = load_file(str(checkpoints[4] / "optimizer.safetensors"))
+    assert moments and all(torch.isfinite(v).all() for v in moments.values())
+    steps = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3, 4] and all(math.isfinite(m["loss"]) for m in steps)
+
+    from sed_ray.config import DataSection
+    from sed_ray.data.stream import StreamConfig, plain_batches
+    from sed_ray.model.weights import load_model
+
+    model = load_model(checkpoints[4] / "model")
+    batch = next(iter(plain_batches(synth_shards, "test", StreamConfig(DataSection(batch_seconds=20), shuffle=False))))
+    rows = model.predict(batch.to("cpu").pcm_BT, batch.lengths_B, "joint", max_new_tokens=6)
+    assert all(abs(sum(r["posterior"].values()) - 1) < 1e-5 for r in rows)
+
+
 def test_tiny_base_is_reused_only_with_the_settings_it_was_built_with(synth_shards, tmp_path):
     from sed_ray.base.tiny import resolve_base as prepare_model
 
@@ -191,6 +221,8 @@ def test_tiny_base_is_reused_only_with_the_settings_it_was_built_with(synth_shar
     (["schedule.stages=[{preset: stage1, steps: 0}]"], "schedule.stages[0].steps: must be > 0"),
     (["scaling.num_workers=64"], "scaling.num_workers=64"),
     (["model.preset=huge"], "model.preset"),
+    (["deepspeed.zero_stage=3"], "deepspeed.zero_stage: 3 is refused"),
+    (["optim.decay=step"], "optim.decay: 'step' is not one of cosine, linear, constant"),
 ])
 def test_bad_config_fails_before_any_worker(synth_shards, tmp_path, ray_cluster, overrides, message):
     started = time.time()

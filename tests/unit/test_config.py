@@ -17,7 +17,11 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "jobs" / "configs").glob
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_shipped_config_loads(path):
     config = load_config(path)
-    assert problems(config, check_sources=False) == []
+    found = problems(config, check_sources=False)
+    if config.model.preset == "paper-random":  # bench-8b.yaml: for `sed-ray bench step`, refused by training
+        assert len(found) == 1 and "sed-ray bench step" in found[0]
+    else:
+        assert found == []
     assert schedule_for(config).total_steps > 0
     assert 0 < beta_for(config, schedule_for(config).total_steps)(0) <= 1.0
 

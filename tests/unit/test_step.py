@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 
@@ -45,17 +46,27 @@ def process_group():
             os.environ[key] = value
 
 
-def _runner(config, deepspeed: bool):
+def _runner(config, engine: str, preset: str = "stage2"):
+    """engine: "plain", or "zeroN-fp32" / "zeroN-bf16" (DeepSpeed ZeRO stage N in that precision)."""
     torch.manual_seed(0)
     model = SpeechEmotionLLM.from_config(config)
-    run = load_config(None, ["optim.weight_decay=0.1", "optim.betas=[0.9, 0.99]", "optim.grad_clip=1.0",
-                             f"deepspeed.enabled={str(deepspeed).lower()}", "deepspeed.zero_stage=2",
-                             "deepspeed.precision=fp32"])
-    return StageRunner(model, preset_stage("stage2", steps=10, lr=3e-3), run, torch.device("cpu"))
+    settings = ["deepspeed.enabled=false"]
+    if engine != "plain":
+        zero, precision = engine[4:].split("-")
+        settings = ["deepspeed.enabled=true", f"deepspeed.zero_stage={zero}", f"deepspeed.precision={precision}"]
+    run = load_config(None, ["optim.weight_decay=0.1", "optim.betas=[0.9, 0.99]", "optim.grad_clip=1.0", *settings])
+    return StageRunner(model, preset_stage(preset, steps=10, lr=3e-3), run, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("deepspeed", [False, True])
-def test_optimizer_state_round_trip_gives_the_same_next_step(tiny_model_config, tiny_batch, process_group, deepspeed):
+ENGINES = ["plain", "zero2-fp32", "zero0-bf16", "zero1-bf16", "zero2-bf16"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_optimizer_state_round_trip_gives_the_same_next_step(tiny_model_config, tiny_batch, process_group, engine):
+    """For every engine the configs use: three steps, then the checkpoint state (fp32 master weights and
+    Adam moments, full size) put into a fresh engine takes the very same next step. In bf16 the module
+    holds bf16 weights while the checkpoint holds their fp32 masters."""
+    deepspeed = engine
     batch, _ = tiny_batch
     host = batch
     beta = {"content": 0.0, "descriptor": 1e-3}
@@ -65,7 +76,14 @@ def test_optimizer_state_round_trip_gives_the_same_next_step(tiny_model_config, 
         first.train_step([host], "joint", beta)
     weights = {k: v.clone() for k, v in first.model_state().items()}
     moments, step = first.optimizer_state()
-    assert step == 3 and moments and all(v.abs().sum() > 0 for v in moments.values())
+    # DeepSpeed's unfused bf16 optimiser (ZeRO 0) creates Adam's state with one zero-gradient step at start
+    assert step == 3 + (engine == "zero0-bf16") and moments and all(v.abs().sum() > 0 for v in moments.values())
+    assert all(v.dtype == torch.float32 for v in moments.values())
+    trained = {n for n in first.names}
+    assert all(weights[n].dtype == torch.float32 and weights[n].numel() > 0 for n in trained)
+    if engine.endswith("bf16"):  # DeepSpeed's bf16 mode: bf16 module weights, fp32 masters in the checkpoint
+        assert all(p.dtype == torch.bfloat16 for p in first.params)
+        assert any(not torch.equal(weights[n], weights[n].bfloat16().float()) for n in trained)
 
     second = _runner(tiny_model_config, deepspeed)
     with torch.no_grad():  # restore weights as a resumed worker does
@@ -80,6 +98,31 @@ def test_optimizer_state_round_trip_gives_the_same_next_step(tiny_model_config, 
         torch.manual_seed(1)
         runner.train_step([host], "joint", beta)
     a, b = first.model_state(), second.model_state()
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
     first.close()
+    second.close()
+
+
+def test_bf16_deepspeed_trains_both_stages_and_carries_fp32_weights_across_them(tiny_model_config, tiny_batch,
+                                                                                  process_group):
+    """DeepSpeed's bf16 mode casts every parameter of the module, the trainable blocks, adapters, LoRA and
+    draft too; the model must feed each block its own dtype (before the fix: `mat1 and mat2 must have the
+    same dtype`), keep the KL and the losses in fp32, and a weight both stages train (LoRA) must enter
+    stage 2 with its fp32 master value, not its bf16 rounding."""
+    batch, _ = tiny_batch
+    beta = {"content": 1e-3, "descriptor": 1e-3}
+    first = _runner(dataclasses.replace(tiny_model_config, draft_bank_size=8), "zero1-bf16", preset="stage1")
+    for _ in range(2):
+        metrics = first.train_step([batch], "asr", beta)
+        assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    carried = first.model_state()
+    lora = [n for n in first.names if "lora_" in n]
+    first.close()
+    second = StageRunner(first.model, preset_stage("stage2", steps=10, lr=3e-3), load_config(None, [
+        "deepspeed.zero_stage=1", "deepspeed.precision=bf16"]), torch.device("cpu"))
+    second.set_master_weights(carried)
+    masters = second.model_state()
+    assert all(torch.equal(masters[n], carried[n]) for n in lora)
+    metrics = second.train_step([batch], "joint", beta, draft_teacher_share=0.5)
+    assert metrics["kl_descriptor"] > 0 and torch.isfinite(torch.tensor(metrics["loss"]))
     second.close()
