@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" || exit 1
 if python -c "import pytest" 2>/dev/null; then
-  timeout 240 python -m pytest -q -p no:cacheprovider tests/gpu -m gpu --confcutdir=tests/gpu || echo "gpu tests: FAILED"
+  timeout 240 python -m pytest -q -p no:cacheprovider tests/gpu -m gpu || echo "gpu tests: FAILED"
 else
   echo "gpu tests: skipped (pytest is not installed here)"
 fi

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

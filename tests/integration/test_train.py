@@ -172,11 +172,13 @@ def test_relaunch_with_same_name_continues(synth_shards, tmp_path, ray_cluster):
     assert (run_dir / "config.json").read_text() == saved and max(_checkpoints(run_dir)) == 10
 
 
-@pytest.mark.parametrize("zero", [0, 1, 2])
+@pytest.mark.parametrize("zero", [2])
 def test_bf16_deepspeed_trains_both_stages_checkpoints_full_size_and_the_checkpoint_predicts(synth_shards, tmp_path,
                                                                                               ray_cluster, zero):
-    """paper.yaml's precision on the tiny config, two workers: DeepSpeed casts the whole module to bf16
-    (the run crashed at its first step before the model fed each block its own dtype)."""
+    """paper.yaml's precision and ZeRO stage on the tiny config, two workers: DeepSpeed casts the whole
+    module to bf16 (the run crashed at its first step before the model fed each block its own dtype).
+    ZeRO 0 and 1 in bf16 run the same code through one-rank engines in tests/unit/test_step.py (both
+    stages, fp32 masters, an exact resume), which keeps this suite inside its time budget."""
     config = _config(synth_shards, tmp_path, f"bf16-zero{zero}", stage1=2, stage2=2,
                      **{"deepspeed.precision": "bf16", "deepspeed.zero_stage": zero})
     launch(config)

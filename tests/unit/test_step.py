@@ -103,15 +103,16 @@ def test_optimizer_state_round_trip_gives_the_same_next_step(tiny_model_config, 
     second.close()
 
 
+@pytest.mark.parametrize("zero", [0, 1, 2])
 def test_bf16_deepspeed_trains_both_stages_and_carries_fp32_weights_across_them(tiny_model_config, tiny_batch,
-                                                                                  process_group):
+                                                                                  process_group, zero):
     """DeepSpeed's bf16 mode casts every parameter of the module, the trainable blocks, adapters, LoRA and
     draft too; the model must feed each block its own dtype (before the fix: `mat1 and mat2 must have the
     same dtype`), keep the KL and the losses in fp32, and a weight both stages train (LoRA) must enter
     stage 2 with its fp32 master value, not its bf16 rounding."""
     batch, _ = tiny_batch
     beta = {"content": 1e-3, "descriptor": 1e-3}
-    first = _runner(dataclasses.replace(tiny_model_config, draft_bank_size=8), "zero1-bf16", preset="stage1")
+    first = _runner(dataclasses.replace(tiny_model_config, draft_bank_size=8), f"zero{zero}-bf16", preset="stage1")
     for _ in range(2):
         metrics = first.train_step([batch], "asr", beta)
         assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
@@ -119,7 +120,7 @@ def test_bf16_deepspeed_trains_both_stages_and_carries_fp32_weights_across_them(
     lora = [n for n in first.names if "lora_" in n]
     first.close()
     second = StageRunner(first.model, preset_stage("stage2", steps=10, lr=3e-3), load_config(None, [
-        "deepspeed.zero_stage=1", "deepspeed.precision=bf16"]), torch.device("cpu"))
+        f"deepspeed.zero_stage={zero}", "deepspeed.precision=bf16"]), torch.device("cpu"))
     second.set_master_weights(carried)
     masters = second.model_state()
     assert all(torch.equal(masters[n], carried[n]) for n in lora)
