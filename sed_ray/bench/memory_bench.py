@@ -2,6 +2,9 @@
 vocabulary (128,256) and hidden width (4,096) but few layers, before and after logits were kept only
 where they are scored; runs on a CPU (the resident set, sampled) or a GPU (the allocator's peak).
 
+On a CPU run it with `MALLOC_MMAP_THRESHOLD_=131072` so that freed tensors leave the resident set at
+once (glibc otherwise keeps them, and each figure would include the last one's leftovers).
+
 "before" is the path the code took until this change, computed here for comparison: the LLM's logits at
 every position of every row, in float32, then log-softmax over all of them (label scoring: every
 utterance x label row at once; training: the LLM's own loss over the full logits).
@@ -63,7 +66,9 @@ def run(utterances: int = 8, layers: int = 2, chunk_rows: int = 32, prefix_words
     from sed_ray.model.prompt import get_task
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16
+    # float32 on a CPU: its bf16 matmuls convert the 128k x 4096 projection on every call (gigabytes that
+    # would swamp what is measured here, the logits); a GPU runs bf16 as training does
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = wide_model(layers, device, dtype)
     rows = synthetic_rows(utterances, model.config.labels, seconds=(4.0, 6.0))
     batch = collate_rows(rows, model.prompts, ("joint",)).to(device)
