@@ -17,6 +17,8 @@ def build_model(config: TrainConfig, device: torch.device, log=print, attention:
     from sed_ray.model.speech_llm import SpeechEmotionLLM
     from sed_ray.train.memory import apply_memory_settings
 
+    if config.model.preset != "paper-random":
+        config = resolve_base(config, log=log)  # the tiny preset's base; other presets as they are
     model_config = config.model.model_config()
     if attention is not None:
         model_config = replace(model_config, attention=attention)
@@ -24,9 +26,6 @@ def build_model(config: TrainConfig, device: torch.device, log=print, attention:
     if config.model.preset == "paper-random":
         model = paper_random(model_config, device, log)
     else:
-        model_config = resolve_base(config, log=log).model.model_config()
-        if attention is not None:
-            model_config = replace(model_config, attention=attention)
         model = SpeechEmotionLLM.from_config(model_config).to(device)
     apply_memory_settings(model, config)
     return model, model.prompts

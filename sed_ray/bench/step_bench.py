@@ -15,7 +15,6 @@ Shape legend: B batch, T samples.
 
 from __future__ import annotations
 
-import json
 import statistics
 import threading
 import time
@@ -223,7 +222,3 @@ def run(config: TrainConfig, *, steps: int = 10, warmup: int = 3, baseline: str 
             key: round(figures["optimised"][key] / figures["naive"][key], 3)
             for key in ("samples_per_s", "audio_s_per_s") if figures["naive"][key]}
     return figures
-
-
-def main_json(figures: dict) -> str:
-    return json.dumps(figures)
