@@ -141,8 +141,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.what == "memory":
         from sed_ray.bench import memory_bench
 
-        figures = memory_bench.run(utterances=args.utterances, layers=args.layers, chunk_rows=args.chunk_rows,
-                                   prefix_words=args.prefix_words,
+        figures = memory_bench.run(utterances=args.utterances, layers=args.layers,
+                                   chunk_utterances=args.chunk_utterances,
+                                   prefix_words=args.prefix_words, sweep=args.sweep,
                                    log=lambda line: print(line, file=sys.stderr, flush=True))
         print(json.dumps(figures))
         return 0
@@ -318,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="step: also time a straightforward loop in the same process, and the ratio")
     bench.add_argument("--utterances", type=int, default=8, help="memory: utterances scored (x 7 labels)")
     bench.add_argument("--layers", type=int, default=2, help="memory: LLM layers at Llama-3.1-8B's width")
-    bench.add_argument("--chunk-rows", type=int, default=32, help="memory: utterance x label rows per chunk")
+    bench.add_argument("--chunk-utterances", type=int, default=32, help="memory: utterances per label-scoring pass")
+    bench.add_argument("--sweep", action="store_true",
+                       help="memory: also label scoring's peak across label counts, chunks and prefix lengths")
     bench.add_argument("--prefix-words", type=int, default=40, help="memory: transcript words before 'Emotion:'")
     bench.add_argument("--repeats", type=int, default=3, help="timed repetitions; medians are reported")
     bench.add_argument("--batch-seconds", type=float, default=64.0, help="padded audio seconds per batch")

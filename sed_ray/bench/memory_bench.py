@@ -41,12 +41,13 @@ def wide_model(layers: int, device: torch.device, dtype: torch.dtype):
     return model.to(device).eval()
 
 
-def full_logits_scoring(model, streams, task: str, prefixes: list[dict]) -> torch.Tensor:
+def full_logits_scoring(model, streams, task: str, prefixes: list[dict],
+                        labels: tuple[str, ...] | None = None) -> torch.Tensor:
     """The former label scoring: every utterance x label row at once, float32 logits at every position."""
     from sed_ray.model.prompt import get_task
     from sed_ray.model.speech_llm import IGNORE, pad_ids
 
-    spec, labels = get_task(task), model.config.labels
+    spec, labels = get_task(task), labels or model.config.labels
     targets, scored = [], []
     for values in prefixes:
         prefix, continuations = model.prompts.label_continuations(spec, values, labels)
@@ -61,7 +62,30 @@ def full_logits_scoring(model, streams, task: str, prefixes: list[dict]) -> torc
     return (logp.gather(-1, next_ids.clamp(min=0)[..., None])[..., 0] * (next_ids != IGNORE)).sum(-1)
 
 
-def run(utterances: int = 8, layers: int = 2, chunk_rows: int = 32, prefix_words: int = 40, log=print) -> dict:
+def label_scoring_sweep(model, streams, rows: list[dict], device: torch.device, log=print) -> list[dict]:
+    """Peak of label scoring, before and after, as the label count, the chunk and the prefix length
+    vary (one at a time from labels 7, chunk 4, prefix 40 words): after the change the peak should follow
+    the chunk (and the prefix, through the cache), hardly the labels; before, labels x positions."""
+    cells = [(n, 4, 40) for n in (2, 4, 7)] + [(7, c, 40) for c in (1, 2, 8)] + [(7, 4, w) for w in (10, 160)]
+    figures = []
+    for labels, chunk, words in cells:
+        prefixes = [{"transcript": ("word " * words).strip(), "descriptor": r["descriptor"]} for r in rows]
+        label_set = model.config.labels[:labels]
+        cell = {"labels": labels, "chunk_utterances": chunk, "prefix_words": words}
+        runs = [("after", lambda: model.score_labels(streams, "joint", prefixes, label_set, chunk_utterances=chunk))]
+        if chunk == 4 and words == 40:  # "before" only across label counts: at long prefixes it needs tens of GB
+            runs.append(("before", lambda: full_logits_scoring(model, streams, "joint", prefixes, label_set)))
+        for name, fn in runs:
+            with peak_memory(device) as memory:
+                fn()
+            cell[f"{name}_gib"] = round(memory["peak_bytes"] / 2**30, 3)
+        log(f"[bench] label scoring sweep {cell}")
+        figures.append(cell)
+    return figures
+
+
+def run(utterances: int = 8, layers: int = 2, chunk_utterances: int = 32, prefix_words: int = 40,
+        sweep: bool = False, log=print) -> dict:
     from sed_ray.data.collate import collate_rows
     from sed_ray.model.prompt import get_task
 
@@ -82,11 +106,13 @@ def run(utterances: int = 8, layers: int = 2, chunk_rows: int = 32, prefix_words
         streams, _, _ = model.encode_for(spec, *model.encoder(batch.pcm_BT, batch.lengths_B))
         for name, fn in (("label_scoring_before", lambda: full_logits_scoring(model, streams, "joint", prefixes)),
                          ("label_scoring_after", lambda: model.score_labels(streams, "joint", prefixes,
-                                                                            chunk_rows=chunk_rows))):
+                                                                            chunk_utterances=chunk_utterances))):
             with peak_memory(device) as memory:
                 fn()
             figures[f"{name}_gib"] = round(memory["peak_bytes"] / 2**30, 3)
             log(f"[bench] {name}: {figures[f'{name}_gib']} GiB")
+        if sweep:
+            figures["label_scoring_sweep"] = label_scoring_sweep(model, streams, rows, device, log)
     model.set_trainable(("descriptor_block", "descriptor_adapter", "lora"))
     model.train()
     targets = batch.targets["joint"]

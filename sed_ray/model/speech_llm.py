@@ -270,32 +270,52 @@ class SpeechEmotionLLM(nn.Module):
 
     @torch.no_grad()
     def score_labels(self, streams, task: str, prefixes: list[dict], labels: tuple[str, ...] | None = None,
-                     chunk_rows: int = 32) -> torch.Tensor:
+                     chunk_utterances: int = 32) -> torch.Tensor:
         """Posterior over `labels` (default: config.labels; B x C): each label scored as the continuation
         after "Emotion:" (its tokens and the end token), given the prefix fields in `prefixes`.
 
-        Memory: the utterance x label rows go through the LLM `chunk_rows` at a time, and each computes
-        logits only for the continuation's places, so the peak grows with chunk_rows x the longest
-        label x the vocabulary, not with the whole sequence."""
+        Memory and time: the shared prefix (prompt, audio pseudo-tokens, fields up to "Emotion:") goes
+        through the LLM once per utterance and stays as a KV cache; each label's few continuation tokens
+        then run on top of it. Utterances go `chunk_utterances` at a time, so the peak grows with the
+        chunk x the prefix (the cache) and the chunk x the vocabulary (one label's logits), not with
+        labels x positions x vocabulary."""
         spec = get_task(task)
         labels = tuple(labels or self.config.labels)
-        targets, scored = [], []
-        for values in prefixes:
-            prefix, continuations = self.prompts.label_continuations(spec, values, labels)
-            for cont in continuations:
-                targets.append(prefix + cont)
-                scored.append([False] * len(prefix) + [True] * len(cont))
+        pairs = [self.prompts.label_continuations(spec, values, labels) for values in prefixes]
+        scores = [self._score_chunk(spec, streams, pairs[start:start + chunk_utterances], len(labels), start)
+                  for start in range(0, len(pairs), chunk_utterances)]
+        return torch.softmax(torch.cat(scores), dim=-1)
+
+    def _score_chunk(self, spec: Task, streams, pairs: list, n_labels: int, first_row: int) -> torch.Tensor:
+        """Summed log-probabilities (rows x labels) of each label's continuation for stream rows
+        first_row.. (one per (prefix ids, continuations) pair): the prefix once with its KV cache kept,
+        then per label its continuation on the cache, which is cropped back to the prefix after each."""
         device = self.llm.get_input_embeddings().weight.device
-        target_ids_BS = pad_ids(targets, device)
-        scored_BS = pad_ids([[int(x) for x in row] for row in scored], device, pad=0).bool()
-        tail = max(int(sum(row)) for row in scored)  # the continuations end every row
-        scores = []
-        for start in range(0, len(targets), chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            logp_BK, _ = self._tail_logp(spec, streams, target_ids_BS[rows], scored_BS[rows], tail,
-                                         repeat=len(labels), first_row=start)
-            scores.append(logp_BK.sum(-1))
-        return torch.softmax(torch.cat(scores).view(len(prefixes), len(labels)), dim=-1)
+        embed = self.llm.get_input_embeddings()
+        inputs, attention, positions, _ = self._assemble(spec, streams, pad_ids([p for p, _ in pairs], device),
+                                                         first_row=first_row)
+        out = self.llm(inputs_embeds=inputs, attention_mask=attention, position_ids=positions, use_cache=True,
+                       logits_to_keep=1)
+        cache = out.past_key_values
+        first_logp_BV = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # the first token of every label
+        next_B1 = positions[:, -1:] + 1
+        columns = []
+        for c in range(n_labels):
+            ids_BK = pad_ids([conts[c] for _, conts in pairs], device)
+            valid_BK = ids_BK != IGNORE
+            ids_BK = ids_BK.clamp(min=0)
+            logp_B = first_logp_BV.gather(1, ids_BK[:, :1])[:, 0]
+            if ids_BK.shape[1] > 1:  # the rest of the continuation, each token predicted by the one before
+                fed = ids_BK.shape[1] - 1
+                logits_BKV = self.llm(inputs_embeds=embed(ids_BK[:, :-1]),
+                                      attention_mask=torch.cat([attention, valid_BK[:, :-1].long()], dim=1),
+                                      position_ids=next_B1 + torch.arange(fed, device=device),
+                                      past_key_values=cache, use_cache=True).logits
+                rest_BK = torch.log_softmax(logits_BKV.float(), dim=-1).gather(-1, ids_BK[:, 1:, None])[..., 0]
+                logp_B = logp_B + (rest_BK * valid_BK[:, 1:]).sum(-1)
+                cache.crop(-fed)  # back to the prefix (negative: tokens to drop)
+            columns.append(logp_B)
+        return torch.stack(columns, dim=1)
 
     @torch.no_grad()
     def listening_check(self, pcm_BT: torch.Tensor, lengths_B: torch.Tensor, target_ids_BS: torch.Tensor,

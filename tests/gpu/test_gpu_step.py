@@ -56,7 +56,7 @@ def test_label_scoring_peak_grows_with_the_chunk_not_with_the_prefix(tiny):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
-        model.score_labels(streams, "joint", prefixes, chunk_rows=4)
+        model.score_labels(streams, "joint", prefixes, chunk_utterances=4)
         peaks[words] = torch.cuda.max_memory_allocated() - start
     vocab = model.llm.get_input_embeddings().weight.shape[0]
     # a 40x longer prefix may grow the attention's activations, but not the logits (4 rows x few x vocab)

@@ -66,7 +66,23 @@ def test_label_scoring_in_chunks_matches_one_pass(model, tiny_batch):
     model.eval()
     streams, _, _ = model.encode_for(get_task("joint"), *model.encoder(batch.pcm_BT, batch.lengths_B))
     prefixes = [{"transcript": t["transcript"], "descriptor": t["descriptor"]} for t in targets]
-    whole = model.score_labels(streams, "joint", prefixes, chunk_rows=10_000)
-    chunked = model.score_labels(streams, "joint", prefixes, chunk_rows=3)  # chunks cut utterances apart
+    whole = model.score_labels(streams, "joint", prefixes, chunk_utterances=10_000)
+    chunked = model.score_labels(streams, "joint", prefixes, chunk_utterances=3)  # chunks cut utterances apart
     assert torch.allclose(whole, chunked, atol=1e-5)
     assert torch.allclose(whole.sum(-1), torch.ones(len(prefixes)), atol=1e-5)
+
+
+def test_label_scoring_on_the_prefix_cache_matches_whole_sequences(model, tiny_batch):
+    """The KV-cached scoring (prefix once, each label on its cache) against every utterance x label row
+    run whole, as label scoring was before the cache."""
+    from sed_ray.bench.memory_bench import full_logits_scoring
+
+    batch, targets = tiny_batch
+    model.eval()
+    with torch.no_grad():
+        streams, _, _ = model.encode_for(get_task("joint"), *model.encoder(batch.pcm_BT, batch.lengths_B))
+        prefixes = [{"transcript": t["transcript"] + " more words" * i, "descriptor": t["descriptor"]}
+                    for i, t in enumerate(targets)]  # prefixes of different lengths: left padding differs
+        whole = full_logits_scoring(model, streams, "joint", prefixes).view(len(prefixes), -1)
+        cached = model.score_labels(streams, "joint", prefixes, chunk_utterances=2)
+    assert torch.allclose(torch.softmax(whole, dim=-1), cached, atol=1e-5)
