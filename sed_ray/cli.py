@@ -71,6 +71,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from sed_ray.config import load_config
+    from sed_ray.tune.search import search
+
+    config = load_config(args.config, args.overrides)
+    if args.trials is not None:
+        config = replace(config, tune=replace(config.tune, trials=args.trials))
+    summary = search(config, args.name or f"{config.name}-search")
+    return 0 if summary["best"] is not None else 1
+
+
 def _score(args: argparse.Namespace) -> int:
     from sed_ray.eval.metrics import read_predictions, score_records
 
@@ -241,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--local", action="store_true", help="run in this process without Ray or DeepSpeed (one worker)")
     train.set_defaults(handler=_train)
 
+    tune = commands.add_parser("tune", help="search the config's tune.space with Ray Tune (each trial a training run)",
+                               description="Run the search the config's `tune:` section describes; dotted key=value "
+                                           "overrides win (tune.* too). Relaunching with the same --name resumes it. "
+                                           "Writes results.csv, best.yaml and report.html in <storage>/<name>.")
+    tune.add_argument("--config", required=True, help="YAML config with a tune: section (see jobs/configs/)")
+    tune.add_argument("--trials", type=int, default=None, help="sampled trials (default: tune.trials)")
+    tune.add_argument("--name", default=None, help="search name, its folder under storage (default: <name>-search)")
+    tune.add_argument("overrides", nargs="*", help="dotted overrides, e.g. tune.metric=val_wa scaling.num_workers=2")
+    tune.set_defaults(handler=_tune)
+
     score = commands.add_parser("score", help="score a predictions file (JSONL or Parquet)",
                                 description="UA, WA, macro-F1, confusion (emotion_true/emotion_pred), WER "
                                             "(text_ref/text_hyp), BLEU@4, METEOR, ROUGE-L, CIDEr, SPICE "
@@ -332,9 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # `bench step --config C key=value`: argparse fills the `overrides` positional before the options it
+    # `bench step --config C key=value`, `tune --trials 4 key=value`: argparse fills the `overrides` positional before the options it
     # follows, so key=value words after them come back here
-    if extra and args.command == "bench" and all("=" in word and not word.startswith("-") for word in extra):
+    if extra and hasattr(args, "overrides") and all("=" in word and not word.startswith("-") for word in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

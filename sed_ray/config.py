@@ -175,6 +175,7 @@ class LoggingSection:
     wandb: bool = True  # rank 0 only; offline unless WANDB_API_KEY is set or wandb_mode says otherwise
     wandb_project: str = "sed-ray"
     wandb_mode: str | None = None  # online | offline | disabled; None = online with a key, else offline
+    wandb_group: str | None = None  # a Tune search sets it to the search's name: one group, one run per trial
 
 
 @dataclass
@@ -184,6 +185,25 @@ class ValidationSection:
     # generation budget for the transcript and descriptor the emotion is scored after: long enough that
     # a long transcript is not cut before "Emotion:" (GigaSpeech clips: ~15-60 tokens; descriptors ~40)
     max_new_tokens: int = 160
+
+
+@dataclass
+class TuneSection:
+    """`sed-ray tune`: what a search varies and how (README "Searching and ablating")."""
+
+    # dotted config key -> one distribution: {choice: [..]}, {grid: [..]}, {uniform: [lo, hi]},
+    # {loguniform: [lo, hi]}, {randint: [lo, hi]} (hi excluded); e.g. "beta.end": {loguniform: [1e-5, 1e-2]},
+    # "schedule.stages.1.lr": {loguniform: [1e-4, 3e-3]} (a list item by its index)
+    space: dict = field(default_factory=dict)
+    metric: str = "val_ua"  # a validation metric the training reports (val_ua: the joint stage's UA)
+    mode: str = "max"  # max | min
+    trials: int = 8  # sampled trials; with grid keys, each grid point runs `trials` times (Tune's num_samples)
+    searcher: str = "auto"  # auto (optuna; random where the space has grid keys) | optuna | random
+    scheduler: str = "asha"  # asha (early stopping; its time unit is one validation report) | fifo
+    grace_period: int = 1  # asha: validation reports a trial always gets
+    reduction_factor: float = 2.0  # asha: 1/reduction_factor of the trials go on at each rung
+    max_concurrent: int = 0  # trials at once; 0 = as many as the cluster holds at the per-trial scaling
+    trial_max_failures: int = 1  # Tune restarts of a failed trial (each resumes its own last checkpoint)
 
 
 @dataclass
@@ -202,6 +222,7 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
+    tune: TuneSection = field(default_factory=TuneSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

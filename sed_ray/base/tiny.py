@@ -149,3 +149,13 @@ def _build(config: TrainConfig, base: Path, settings: dict, log) -> None:
     atomic_write_json(staging / SETTINGS, settings)
     base.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(base)
+
+
+def fixed_base(config: TrainConfig, log=print) -> TrainConfig:
+    """The config with its base resolved and frozen in place: for the tiny preset, built (or reused) once,
+    then the preset dropped so that model.encoder/llm point at that base whatever the run later changes
+    (a Tune trial's seed, a best.yaml's name): every run of a search or an ablation shares one base."""
+    resolved = resolve_base(config, log)
+    if config.model.preset != "tiny":
+        return resolved
+    return replace(resolved, model=replace(resolved.model, preset=None, tiny_base_dir=None))

@@ -18,13 +18,32 @@ import numpy as np
 from sed_ray.files import atomic_write_text
 
 
-def _figure_png(fig) -> bytes:
+def figure_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     return buffer.getvalue()
+
+
+# The page checks itself: how many of its figures decoded (the browser tests read this attribute).
+FIGURES_LOADED_SCRIPT = """<script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.querySelectorAll("img.figure"));
+  var loaded = images.filter(function (img) { return img.complete && img.naturalWidth > 0; }).length;
+  document.body.setAttribute("data-figures-loaded", String(loaded));
+});
+</script>"""
+
+
+def figures_html(figures: list[tuple[str, str, bytes]]) -> str:
+    """(file stem, caption, PNG) -> inline <figure>s, each linking its PNG under figures/."""
+    return "".join(
+        f"<figure><img class='figure' alt='{html.escape(caption)}' "
+        f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+        f"<figcaption>{html.escape(caption)} (<a href='figures/{stem}.png'>PNG</a>)</figcaption></figure>"
+        for stem, caption, png in figures)
 
 
 def confusion_figure(confusion: dict) -> bytes:
@@ -44,7 +63,7 @@ def confusion_figure(confusion: dict) -> bytes:
             ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center",
                     color="white" if normalised[i, j] > 0.5 else "black")
     ax.set_title("Confusion matrix (colour: row-normalised)")
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def recall_figure(per_class: dict, chance: float) -> bytes:
@@ -57,7 +76,7 @@ def recall_figure(per_class: dict, chance: float) -> bytes:
     ax.set_ylabel("recall")
     ax.set_title("Per-class recall")
     ax.legend()
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def curves_figure(metrics: list[dict]) -> bytes | None:
@@ -86,7 +105,7 @@ def curves_figure(metrics: list[dict]) -> bytes | None:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.legend(loc="upper left" if ax is not axes[0] else "lower left")
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def projection(latents: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -132,7 +151,7 @@ def latent_figure(z: dict[str, np.ndarray], emotions: list[str], speakers: list[
             if len(categories) <= 12:
                 ax.legend(fontsize=7, markerscale=1.5)
     fig.suptitle("2-D projection of the pooled latents (Z_des should separate emotions better than Z_con)")
-    return _figure_png(fig), scores
+    return figure_png(fig), scores
 
 
 def _listening_html(listening: dict | None) -> str:
@@ -203,10 +222,7 @@ def write_report(out: str | Path, metrics: dict, predictions: list[dict], *, tit
                           for k, v in (metrics.get("silhouette") or {}).items())
     notes = "".join(f"<li>{esc(n)}</li>" for n in metrics.get("notes", []))
     listening = _listening_html(metrics.get("listening"))
-    images = "".join(
-        f"<figure><img class='figure' alt='{esc(caption)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-        f"<figcaption>{esc(caption)} (<a href='figures/{name}.png'>PNG</a>)</figcaption></figure>"
-        for name, caption, png in figures)
+    images = figures_html(figures)
     other_headers = "".join(f"<th>{header}</th>" for _, header in others)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
@@ -228,13 +244,7 @@ img.figure {{ max-width: 100%; border: 1px solid #ddd; }} figure {{ margin: 1.5r
 <h2>Explanations: a sample of utterances</h2>
 <table><tr><th>id</th><th>true emotion</th><th>predicted</th><th>reference descriptor</th><th>predicted descriptor (the emotion follows it)</th>{other_headers}
 <th>reference transcript</th><th>predicted transcript</th></tr>{rows}</table>
-<script>
-window.addEventListener("load", function () {{
-  var images = Array.prototype.slice.call(document.querySelectorAll("img.figure"));
-  var loaded = images.filter(function (img) {{ return img.complete && img.naturalWidth > 0; }}).length;
-  document.body.setAttribute("data-figures-loaded", String(loaded));
-}});
-</script>
+{FIGURES_LOADED_SCRIPT}
 </body></html>
 """
     return atomic_write_text(out / "report.html", page)

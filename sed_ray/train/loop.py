@@ -102,6 +102,7 @@ class WorkerRun:
         self.tracker = Tracker(config, context.rank)
         self.position, self.runner, self.runner_index, self.window = TrainPosition(), None, -1, []
         self.saved_weights: dict = {}
+        self.validation: dict = {}  # this step's validation metrics, until reported
         self.optimizer_tensors: dict = {}
 
     def build(self) -> None:
@@ -185,23 +186,28 @@ class WorkerRun:
     def validate(self, where: Position) -> None:
         step, every = self.position.step, self.config.validation.every_steps
         if step in self.boundaries or (every and step % every == 0):
-            result = validate(self.model, self.context, where.stage.task, self.config)
-            if result:
-                self.tracker.log({"step": step, "stage": where.stage.name, **result})
-                self.tracker.console("[valid] " + " ".join(f"{k} {v:.3f}" for k, v in result.items()))
+            self.validation = validate(self.model, self.context, where.stage.task, self.config)
+            if self.validation:
+                self.tracker.log({"step": step, "stage": where.stage.name, **self.validation})
+                self.tracker.console("[valid] " + " ".join(f"{k} {v:.3f}" for k, v in self.validation.items()))
 
-    def checkpoint(self) -> None:
-        """Every rank gathers (collectives); rank 0 writes; every rank reports (a barrier under Ray Train)."""
+    def report(self) -> None:
+        """One report per step that validated or checkpoints: the validation's metrics (what a Tune search
+        and its early stopping read, `train.plan.validation_reports`) and the checkpoint, if due. Every
+        rank gathers (collectives) and reports (a barrier under Ray Train); rank 0 writes."""
         p = self.position
-        if not (p.step % self.config.checkpoint.every_steps == 0 or p.step in self.boundaries or p.step == self.total):
+        due = p.step % self.config.checkpoint.every_steps == 0 or p.step in self.boundaries or p.step == self.total
+        if not (due or self.validation):
             return
-        model_state = self.runner.model_state()
-        optimizer_state, p.optimizer_step = self.runner.optimizer_state()
         folder = None
-        if self.context.rank == 0:
-            folder = write_checkpoint(model_state, self.model.config.to_dict(), optimizer_state, p,
-                                      self.config.to_dict(), staging_root=self.config.run_dir / "workers")
-        self.context.report({"step": p.step, "stage": p.stage, "beta": p.beta}, folder)
+        if due:
+            model_state = self.runner.model_state()
+            optimizer_state, p.optimizer_step = self.runner.optimizer_state()
+            if self.context.rank == 0:
+                folder = write_checkpoint(model_state, self.model.config.to_dict(), optimizer_state, p,
+                                          self.config.to_dict(), staging_root=self.config.run_dir / "workers")
+        self.context.report({"step": p.step, "stage": p.stage, "beta": p.beta, **self.validation}, folder)
+        self.validation = {}
 
     def run(self) -> TrainPosition:
         self.build()
@@ -214,7 +220,7 @@ class WorkerRun:
             self.step(where)
             self.log(where)
             self.validate(where)
-            self.checkpoint()
+            self.report()
         if self.runner is not None:
             self.runner.close()
         self.tracker.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sed_ray.config import TrainConfig
 from sed_ray.data.reads import shards_problem
-from sed_ray.model.prompt import TASKS
+from sed_ray.model.prompt import TASKS, get_task
 from sed_ray.model.speech_llm import DTYPES
 from sed_ray.train.schedules import BETA_SCHEDULES, LR_DECAYS, beta_for
 from sed_ray.train.stages import STAGE_PRESETS, schedule_for
@@ -69,6 +69,20 @@ def problems(config: TrainConfig, check_sources: bool = True) -> list[str]:
         if config.model.preset is None:  # the tiny preset builds its own
             found += [p for key in ("encoder", "llm") if (p := model_source_problem(key, getattr(config.model, key)))]
     return found
+
+
+def validation_reports(config: TrainConfig) -> list[tuple[int, tuple[str, ...]]]:
+    """(step, metric names) of every validation the run reports, in order: at each stage's end and every
+    validation.every_steps, with the metrics of the task of the stage the step belongs to."""
+    schedule, every = schedule_for(config), config.validation.every_steps
+    ends = set(schedule.boundaries())
+    reports = []
+    for step in range(1, schedule.total_steps + 1):
+        if step in ends or (every and step % every == 0):
+            task = get_task(schedule.locate(step - 1).stage.task)
+            names = ("val_ce",) + tuple(f"val_kl_{b}" for b in task.inputs)
+            reports.append((step, names + (("val_ua", "val_wa") if "emotion" in task.fields else ())))
+    return reports
 
 
 def validate(config: TrainConfig) -> None:

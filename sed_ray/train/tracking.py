@@ -46,7 +46,8 @@ class Tracker:
             if mode != "disabled":
                 import wandb
 
-                self.wandb = wandb.init(project=logging.wandb_project, name=config.name, config=config.to_dict(),
+                self.wandb = wandb.init(project=logging.wandb_project, name=config.name, group=logging.wandb_group,
+                                        config=config.to_dict(),
                                         mode=mode, dir=str(run_dir), resume="allow", id=_wandb_id(run_dir))
 
     def log(self, record: dict) -> None:

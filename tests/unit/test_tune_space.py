@@ -1,0 +1,74 @@
+"""The search space is checked before any trial starts, each problem naming its key; a trial's values
+become a complete training config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sed_ray.config import load_config
+from sed_ray.tune.space import apply_params, space_problems, trial_config
+
+TINY = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "tiny.yaml"
+
+
+def config_with(space: dict, **tune):
+    config = load_config(TINY)
+    config.tune.space = space
+    for key, value in tune.items():
+        setattr(config.tune, key, value)
+    return config
+
+
+def test_a_good_space_has_no_problems_and_its_values_land_in_the_config():
+    config = config_with({"beta.end": {"loguniform": [1e-5, 1e-2]}, "model.lora.rank": {"choice": [8, 16]},
+                          "schedule.stages.1.lr": {"loguniform": [1e-4, 3e-3]}, "beta.kind": {"grid": ["linear", "cosine"]},
+                          "model.adapter_hidden": {"randint": [64, 257]}}, searcher="random")
+    assert space_problems(config) == []
+    trial = trial_config(config, {"beta.end": 3e-4, "model.lora.rank": 8, "schedule.stages.1.lr": 1e-3})
+    assert trial.beta.end == 3e-4 and trial.model.lora.rank == 8
+    assert trial.schedule.stages[1].lr == 1e-3 and trial.schedule.stages[0].lr == config.schedule.stages[0].lr
+    assert trial.tune.space == {}  # a trial is a plain training config
+
+
+@pytest.mark.parametrize("space, tune, named", [
+    ({"beta.end": {"loguniform": [1e-2, 1e-5]}}, {}, "tune.space.beta.end: loguniform is an empty range"),
+    ({"beta.end": {"loguniform": [0, 1e-2]}}, {}, "tune.space.beta.end: loguniform needs low > 0"),
+    ({"beta.ending": {"uniform": [0.1, 0.2]}}, {}, "tune.space.beta.ending: unknown key 'ending' under beta"),
+    ({"beta.end": {"normal": [0, 1]}}, {}, "tune.space.beta.end: unknown distribution 'normal'"),
+    ({"beta.kind": {"choice": ["exponential", "sigmoid"]}}, {}, "tune.space.beta.kind='sigmoid' makes an invalid config"),
+    ({"model.lora.rank": {"choice": []}}, {}, "tune.space.model.lora.rank: choice takes a non-empty list"),
+    ({"schedule.stages.5.lr": {"uniform": [1e-4, 1e-3]}}, {}, "tune.space.schedule.stages.5.lr: schedule.stages is a list of 2"),
+    ({"model.lora.rank": {"randint": [4.5, 16]}}, {}, "tune.space.model.lora.rank: randint takes two integers"),
+    ({"beta.end": {"loguniform": [1e-5, 1e-2]}}, {"metric": "val_bleu"}, "tune.metric: the training never reports 'val_bleu'"),
+    ({"beta.end": {"loguniform": [1e-5, 1e-2]}}, {"mode": "best"}, "tune.mode: 'best' is not one of max, min"),
+    ({"beta.kind": {"grid": ["linear", "cosine"]}}, {"searcher": "optuna"}, "tune.searcher: optuna cannot search grid keys"),
+    ({}, {}, "tune.space: list at least one key"),
+])
+def test_a_bad_space_is_refused_naming_the_key(space, tune, named):
+    found = space_problems(config_with(space, **tune))
+    assert any(named in problem for problem in found), found
+
+
+def test_val_ua_is_refused_when_no_stage_scores_the_emotion():
+    config = config_with({"beta.end": {"loguniform": [1e-5, 1e-2]}})
+    config.schedule.stages = config.schedule.stages[:1]  # stage1 only: ASR
+    assert any("never reports 'val_ua'" in p for p in space_problems(config))
+
+
+def test_apply_params_indexes_lists_and_leaves_the_input_alone():
+    tree = {"a": {"b": [{"c": 1}, {"c": 2}]}}
+    assert apply_params(tree, {"a.b.1.c": 5}) == {"a": {"b": [{"c": 1}, {"c": 5}]}}
+    assert tree["a"]["b"][1]["c"] == 2
+
+
+def test_the_cli_refuses_a_bad_space_before_anything_starts(tmp_path, capsys):
+    from sed_ray.cli import main
+
+    rc = main(["tune", "--config", str(TINY), f"storage={tmp_path / 'runs'}",
+               "tune.space={beta.end: {loguniform: [1.0e-2, 1.0e-5]}, model.lora.rnk: {choice: [8]}}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "tune.space.beta.end: loguniform is an empty range" in err
+    assert "tune.space.model.lora.rnk: unknown key 'rnk' under model.lora" in err
+    assert not (tmp_path / "runs").exists()  # no search folder, no base, no Ray
