@@ -84,6 +84,16 @@ def _tune(args: argparse.Namespace) -> int:
     return 0 if summary["best"] is not None else 1
 
 
+def _ablate(args: argparse.Namespace) -> int:
+    from sed_ray.config import load_config
+    from sed_ray.tune.ablate import ablate
+
+    config = load_config(args.config, args.overrides)
+    ablate(config, args.name or f"{config.name}-ablate-{args.grid}", grid=args.grid, seeds=args.seeds,
+           split=args.split, replicates=args.replicates, reference_descriptors=not args.no_reference_descriptors)
+    return 0
+
+
 def _score(args: argparse.Namespace) -> int:
     from sed_ray.eval.metrics import read_predictions, score_records
 
@@ -263,6 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--name", default=None, help="search name, its folder under storage (default: <name>-search)")
     tune.add_argument("overrides", nargs="*", help="dotted overrides, e.g. tune.metric=val_wa scaling.num_workers=2")
     tune.set_defaults(handler=_tune)
+
+    ablate = commands.add_parser("ablate", help="the paper's ablations as a grid of cells x seeds, evaluated, with intervals",
+                                 description="Train every cell of the grid with each seed (Ray Tune, one shared base), "
+                                             "evaluate each on the test split, and write ablation.csv/.html with mean, "
+                                             "sd, 95 %% bootstrap intervals and paired differences against the "
+                                             "reference cell. Relaunching with the same --name resumes.")
+    ablate.add_argument("--config", required=True, help="the config every cell starts from (e.g. the demo's)")
+    ablate.add_argument("--grid", default="paper", help="paper (7 cells) or descriptors (reference, no descriptors)")
+    ablate.add_argument("--seeds", type=int, default=3, help="seeds per cell: config.seed, +1, ... (default 3)")
+    ablate.add_argument("--name", default=None, help="its folder under storage (default: <name>-ablate-<grid>)")
+    ablate.add_argument("--split", default="test", help="the split every checkpoint is evaluated on")
+    ablate.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    ablate.add_argument("--no-reference-descriptors", action="store_true",
+                        help="skip scoring the emotion after the reference descriptors (halves the evaluations)")
+    ablate.add_argument("overrides", nargs="*", help="dotted overrides of the config")
+    ablate.set_defaults(handler=_ablate)
 
     score = commands.add_parser("score", help="score a predictions file (JSONL or Parquet)",
                                 description="UA, WA, macro-F1, confusion (emotion_true/emotion_pred), WER "

@@ -65,7 +65,7 @@ def spice_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _tokenized(references: list[str], hypotheses: list[str]) -> tuple[dict, dict]:
+def ptb_tokenized(references: list[str], hypotheses: list[str]) -> tuple[dict, dict]:
     """coco-caption's PTB tokenisation of one reference and one hypothesis per utterance."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -84,7 +84,7 @@ def _bleu4_cider(gts: dict, res: dict) -> dict:
 
 def bleu_cider(references: list[str], hypotheses: list[str]) -> dict:
     """coco-caption BLEU@4 and CIDEr alone (no Java scorers)."""
-    return _bleu4_cider(*_tokenized(references, hypotheses))
+    return _bleu4_cider(*ptb_tokenized(references, hypotheses))
 
 
 def caption_scores(references: list[str], hypotheses: list[str]) -> dict:
@@ -92,7 +92,7 @@ def caption_scores(references: list[str], hypotheses: list[str]) -> dict:
     from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
-    gts, res = _tokenized(references, hypotheses)
+    gts, res = ptb_tokenized(references, hypotheses)
     scores = {**_bleu4_cider(gts, res), "rouge_l": float(Rouge().compute_score(gts, res)[0])}
     meteor = Meteor()  # a Java subprocess, ended when the object is collected
     scores["meteor"] = float(meteor.compute_score(gts, res)[0])

@@ -74,9 +74,10 @@ def objective_reports(config: TrainConfig) -> int:
     return sum(config.tune.metric in names for _, names in validation_reports(config))
 
 
-def run_trial(params: dict, *, base: dict, runs: str, metric: str, group: str) -> None:
+def run_trial(params: dict, *, base: dict, runs: str, metric: str, group: str, cells: dict | None = None) -> None:
     """One trial, in its Tune actor: the trial's config, named by its trial id (stable across a
-    relaunch, so the run resumes its own checkpoints), fitted as a TorchTrainer."""
+    relaunch, so the run resumes its own checkpoints), fitted as a TorchTrainer. An ablation's trial
+    names its cell (params["cell"]); the cell's overrides come first, the other values after."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -90,6 +91,9 @@ def run_trial(params: dict, *, base: dict, runs: str, metric: str, group: str) -
             if metric in metrics[0]:
                 super().after_report(run_context, metrics, checkpoint)
 
+    params = dict(params)
+    if "cell" in params:
+        params = {**cells[params.pop("cell")], **params}
     config = trial_config(build(TrainConfig, base), params)
     config = replace(config, name=ray.tune.get_context().get_trial_id(), storage=runs,
                      logging=replace(config.logging, wandb_group=group))
@@ -98,8 +102,9 @@ def run_trial(params: dict, *, base: dict, runs: str, metric: str, group: str) -
     trainer_for(config, callbacks=[ObjectiveReports()]).fit()
 
 
-def run_search(config: TrainConfig, name: str, log=print):
-    """Check everything, resolve the base once, run (or resume) the search; returns Tune's ResultGrid."""
+def run_search(config: TrainConfig, name: str, log=print, cells: dict[str, dict] | None = None):
+    """Check everything, resolve the base once, run (or resume) the search; returns Tune's ResultGrid and
+    the config the trials share. `cells`: an ablation's cells (name -> overrides), a grid key of their own."""
     import ray
     from ray import tune
 
@@ -120,14 +125,15 @@ def run_search(config: TrainConfig, name: str, log=print):
     shared = fixed_base(shared, log)  # built once here; every trial reads it
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=shared.to_dict(), runs=str(folder / "runs"), metric=config.tune.metric,
-                             group=name),
+                             group=name, cells=cells),
         {"CPU": DRIVER_CPUS})
     if tune.Tuner.can_restore(str(folder)):
         log(f"[tune] resuming search {name!r} in {folder}: finished trials are kept")
         tuner = tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
     else:
+        space = _tune_space(config) | ({"cell": tune.grid_search(list(cells))} if cells else {})
         tuner = tune.Tuner(
-            trainable, param_space=_tune_space(config),
+            trainable, param_space=space,
             tune_config=tune.TuneConfig(metric=config.tune.metric, mode=config.tune.mode, search_alg=_searcher(config),
                                         scheduler=_scheduler(config), num_samples=config.tune.trials,
                                         max_concurrent_trials=config.tune.max_concurrent or max(at_once, 1)),

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 
 import pyarrow.parquet as pq
 import pytest
 
+from browser import BROWSER, MISSING, dump_dom, figures_loaded
 from corpus_fixtures import write_mp4, write_wav
 from sed_ray.cli import main
 
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +59,12 @@ def test_evaluate_writes_metrics_predictions_and_report(evaluation, synth_shards
     assert "Listening check" in (evaluation / "report.html").read_text()
 
 
-@pytest.mark.skipif(BROWSER is None, reason="no Chromium: install Debian's `chromium` package "
-                                            "(apt-get install chromium) to render the report in a real browser")
+@pytest.mark.skipif(BROWSER is None, reason=MISSING)
 def test_report_renders_in_headless_chromium_with_every_figure(evaluation, tmp_path):
-    result = subprocess.run(
-        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=5000", "--dump-dom", (evaluation / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = dump_dom(evaluation / "report.html", tmp_path / "profile")
     dom = result.stdout
-    expected = int(re.search(r'data-figures-expected="(\d+)"', dom)[1])
-    loaded = re.search(r'data-figures-loaded="(\d+)"', dom)
-    assert expected == 4 and loaded and int(loaded[1]) == expected  # the page's own check: every image decoded
+    expected, loaded = figures_loaded(dom)
+    assert expected == 4 and loaded == expected  # the page's own check: every image decoded
     assert "Uncaught" not in result.stderr  # no JavaScript error
     assert "<h2>Metrics</h2>" in dom and "Explanations" in dom
     listening = dom[dom.index("<h2>Listening check</h2>"):]

@@ -72,3 +72,25 @@ def test_the_cli_refuses_a_bad_space_before_anything_starts(tmp_path, capsys):
     assert rc == 2 and "tune.space.beta.end: loguniform is an empty range" in err
     assert "tune.space.model.lora.rnk: unknown key 'rnk' under model.lora" in err
     assert not (tmp_path / "runs").exists()  # no search folder, no base, no Ray
+
+
+@pytest.mark.parametrize("base", ["tiny.yaml", "paper.yaml"])
+def test_every_ablation_cell_makes_a_valid_config_with_the_reference_budget(base):
+    from sed_ray.train.plan import problems
+    from sed_ray.train.stages import schedule_for
+    from sed_ray.tune.ablations import GRIDS, grid_cells
+
+    config = load_config(TINY.parent / base)
+    cells = grid_cells(config, "paper")
+    assert list(cells) == list(GRIDS["paper"])
+    made = {name: trial_config(config, overrides) for name, overrides in cells.items()}
+    assert all(problems(c, check_sources=False) == [] for c in made.values())
+    budget = schedule_for(made["reference"]).total_steps
+    assert all(abs(schedule_for(c).total_steps - budget) <= len(c.schedule.stages) for c in made.values())
+    reference = made["reference"]
+    assert reference.model.draft_bank_size == 0 and reference.schedule.rounds == 2
+    assert (reference.beta.kind, reference.beta.start, reference.beta.end) == ("exponential", 1.0, 1e-4)
+    assert made["descriptor-draft"].model.draft_bank_size > 0 and made["one-pass"].schedule.rounds == 1
+    assert schedule_for(made["no-descriptors"]).stages[-1].task == "joint_no_descriptor"
+    assert [s.preset for s in made["both-branches"].schedule.stages] == ["both"]
+    assert (made["beta-0"].beta.kind, made["beta-0"].beta.value) == ("constant", 0.0)
