@@ -63,9 +63,9 @@ def ablate(config: TrainConfig, name: str, grid: str = "paper", seeds: int = 3, 
 
 def _evaluate_all(folder: Path, results, shared: TrainConfig, cells: dict, split: str, reference_descriptors: bool,
                   log) -> dict:
-    """(cell, source) -> {seed: predictions} for every trial that finished, evaluating what is missing."""
-    from sed_ray.eval.evaluate import evaluate
-
+    """(cell, source) -> {seed: predictions file} for every trial that finished, predicting what is
+    missing: the test split through Ray Data's actor pool (`eval.infer.run_inference`, the listening check
+    on), kept as prediction rows; the metrics are this module's (a cell's own report: `sed-ray evaluate`)."""
     runs: dict = {}
     for result in results:
         params, trial = result.config or {}, (result.metrics or {}).get("trial_id")
@@ -78,14 +78,30 @@ def _evaluate_all(folder: Path, results, shared: TrainConfig, cells: dict, split
         sources = ["predicted"] + (["ground-truth"] if reference_descriptors and "descriptor" in get_task(task).fields
                                    else [])
         for source in sources:
-            out = folder / "eval" / cell / f"seed{seed}" / source
-            if not (out / "metrics.json").exists():  # written last: a finished evaluation
-                log(f"[ablate] evaluating {cell} seed {seed} ({source} descriptors) on {split}")
-                options = InferenceOptions(task=task, descriptors=source,
-                                           max_new_tokens=shared.validation.max_new_tokens)
-                evaluate({"": str(checkpoints[-1])}, shared.data.shards, out, options, split=split)
-            runs.setdefault((cell, source), {})[seed] = out / "predictions.parquet"
+            path = folder / "eval" / cell / f"seed{seed}" / f"{source}.parquet"
+            if not path.exists():  # written whole or not at all
+                log(f"[ablate] predicting {cell} seed {seed} ({source} descriptors) on {split}")
+                _predict(str(checkpoints[-1]), shared, task, source, split, path)
+            runs.setdefault((cell, source), {})[seed] = path
     return runs
+
+
+def _predict(checkpoint: str, shared: TrainConfig, task: str, source: str, split: str, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sed_ray.eval.evaluate import as_prediction
+    from sed_ray.eval.infer import failed, run_inference
+    from sed_ray.model.weights import model_folder
+
+    options = InferenceOptions(task=task, descriptors=source, max_new_tokens=shared.validation.max_new_tokens,
+                               listening=True)
+    records = run_inference(str(model_folder(checkpoint)), shared.data.shards, options, where={"split": split})
+    rows = [as_prediction(r, get_task(task).fields) for r in records if not failed(r)]
+    if not rows:
+        raise ValueError(f"no utterance of {shared.data.shards} is in split {split!r}: check --split")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
 
 
 def _load(paths: dict[int, Path], ids: list[str], labels: list[str]) -> list[SeedPredictions]:

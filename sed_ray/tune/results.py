@@ -17,25 +17,30 @@ import yaml
 from sed_ray.config import TrainConfig
 from sed_ray.eval.report import FIGURES_LOADED_SCRIPT, figure_png, figures_html
 from sed_ray.files import atomic_write, atomic_write_text
+from sed_ray.train.stages import schedule_for
 from sed_ray.tune.space import distribution, trial_config
 
 STATUS_COLOURS = {"finished": "#1a7f37", "stopped early": "#bf8700", "failed": "#cf222e", "unfinished": "#6e7781"}
 
 
-def trial_rows(grid, config: TrainConfig, max_reports: int) -> list[dict]:
+def trial_rows(grid, config: TrainConfig) -> list[dict]:
     """One row per trial of Tune's ResultGrid: trial id, status, objective (its last reported value),
-    validation reports, the searched values, and the objective after each report (for the report)."""
+    validation reports, the searched values, and the objective after each report (for the report).
+    A trial finished if its training reached its last step (a trial restarted by a relaunch reports
+    fewer times than one that ran through), else ASHA stopped it early."""
     keys, metric = list(config.tune.space), config.tune.metric
     rows = []
     for result in grid:
         metrics = result.metrics or {}
         reports = int(metrics.get("training_iteration", 0) or 0)
+        last_step = schedule_for(trial_config(config, {k: (result.config or {}).get(k) for k in keys
+                                                        if k in (result.config or {})})).total_steps
         if result.error is not None:
             status = "failed"
         elif metric not in metrics:
             status = "unfinished"
         else:
-            status = "finished" if reports >= max_reports else "stopped early"
+            status = "finished" if int(metrics.get("step", 0)) >= last_step else "stopped early"
         history = []
         frame = getattr(result, "metrics_dataframe", None)
         if frame is not None and metric in frame:

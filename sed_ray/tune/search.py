@@ -11,7 +11,6 @@ name resumes the search: finished trials are kept, unfinished ones resume from t
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,6 +101,23 @@ def run_trial(params: dict, *, base: dict, runs: str, metric: str, group: str, c
     trainer_for(config, callbacks=[ObjectiveReports()]).fit()
 
 
+def _record_or_match(folder: Path, config: TrainConfig, name: str) -> None:
+    """The first launch records the search's config; a relaunch must ask for the same search (Tune resumes
+    the recorded one and would silently ignore a changed space or schedule)."""
+    from sed_ray.files import atomic_write_text
+
+    recorded, wanted = folder / "search.json", json.loads(json.dumps(config.to_dict(), default=list))
+    if recorded.exists():
+        before = json.loads(recorded.read_text())
+        changed = sorted(k for k in set(before) | set(wanted) if before.get(k) != wanted.get(k))
+        if changed:
+            raise ValueError(f"search {name!r} in {folder} was started with another config (differs in: "
+                             f"{', '.join(changed)}); relaunch with the same config to resume it, or pick a new --name")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(recorded, json.dumps(wanted, indent=1))
+
+
 def run_search(config: TrainConfig, name: str, log=print, cells: dict[str, dict] | None = None):
     """Check everything, resolve the base once, run (or resume) the search; returns Tune's ResultGrid and
     the config the trials share. `cells`: an ablation's cells (name -> overrides), a grid key of their own."""
@@ -120,7 +136,7 @@ def run_search(config: TrainConfig, name: str, log=print, cells: dict[str, dict]
                          f"trial's driver and 1 for its data ingest; the cluster has {ray.cluster_resources()}. Lower "
                          "scaling.num_workers, or set scaling.check_resources=false on an autoscaling cluster")
     folder = search_dir(config, name)
-    folder.mkdir(parents=True, exist_ok=True)
+    _record_or_match(folder, config, name)
     shared = replace(config, model=replace(config.model, tiny_base_dir=config.model.tiny_base_dir or str(folder / "base")))
     shared = fixed_base(shared, log)  # built once here; every trial reads it
     trainable = tune.with_resources(
@@ -139,20 +155,17 @@ def run_search(config: TrainConfig, name: str, log=print, cells: dict[str, dict]
                                         max_concurrent_trials=config.tune.max_concurrent or max(at_once, 1)),
             run_config=tune.RunConfig(name=name, storage_path=str(folder.parent),
                                       failure_config=tune.FailureConfig(max_failures=config.tune.trial_max_failures)))
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     return tuner.fit(), shared
 
 
 def search(config: TrainConfig, name: str, log=print) -> dict:
     """Run (or resume) the search, then write its table, best.yaml and report; returns their paths and
     the best row (None when no trial reported the objective)."""
-    from sed_ray.files import atomic_write_text
     from sed_ray.tune.results import best_row, console_table, trial_rows, write_outputs
 
     folder = search_dir(config, name)
     grid, shared = run_search(config, name, log)
-    atomic_write_text(folder / "search.json", json.dumps(config.to_dict(), indent=1, default=list))
-    rows = trial_rows(grid, config, objective_reports(config))
+    rows = trial_rows(grid, config)
     written = write_outputs(folder, rows, config, shared, name)
     log(console_table(rows, list(config.tune.space), config.tune.metric))
     best = best_row(rows, config.tune.mode)

@@ -117,7 +117,7 @@ def test_split_order_is_deterministic_for_a_seed(skewed_shards):
     assert other_seed != first
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("world_size", [2, 3])  # one rank is trivially equal
 def test_equal_batches_per_rank_through_ray_train(skewed_shards, tmp_path, world_size):
     """Real TorchTrainer workers consume their dataset shard; every rank must see the same number of
     batches (two epochs, so re-execution is covered too)."""

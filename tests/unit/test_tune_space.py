@@ -94,3 +94,14 @@ def test_every_ablation_cell_makes_a_valid_config_with_the_reference_budget(base
     assert schedule_for(made["no-descriptors"]).stages[-1].task == "joint_no_descriptor"
     assert [s.preset for s in made["both-branches"].schedule.stages] == ["both"]
     assert (made["beta-0"].beta.kind, made["beta-0"].beta.value) == ("constant", 0.0)
+
+
+def test_a_relaunch_must_ask_for_the_same_search(tmp_path):
+    from sed_ray.tune.search import _record_or_match
+
+    config = config_with({"beta.end": {"loguniform": [1e-5, 1e-2]}})
+    _record_or_match(tmp_path / "s", config, "s")
+    _record_or_match(tmp_path / "s", config, "s")  # the same search: resumes
+    config.tune.space = {"beta.end": {"loguniform": [1e-6, 1e-2]}}
+    with pytest.raises(ValueError, match="started with another config \\(differs in: tune\\)"):
+        _record_or_match(tmp_path / "s", config, "s")
