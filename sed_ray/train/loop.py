@@ -18,6 +18,7 @@ from sed_ray.train.checkpoint import (TrainPosition, read_optimizer_state, read_
                                       write_checkpoint)
 from sed_ray.train.context import TrainContext
 from sed_ray.train.memory import apply_memory_settings
+from sed_ray.train.plan import validation_reports
 from sed_ray.train.schedules import beta_for, lr_at
 from sed_ray.train.stages import Position, schedule_for
 from sed_ray.train.step import StageRunner
@@ -103,6 +104,7 @@ class WorkerRun:
         self.position, self.runner, self.runner_index, self.window = TrainPosition(), None, -1, []
         self.saved_weights: dict = {}
         self.validation: dict = {}  # this step's validation metrics, until reported
+        self.validation_steps = {step for step, _ in validation_reports(config)}  # what a Tune search expects
         self.optimizer_tensors: dict = {}
 
     def build(self) -> None:
@@ -184,8 +186,8 @@ class WorkerRun:
         self.window = []
 
     def validate(self, where: Position) -> None:
-        step, every = self.position.step, self.config.validation.every_steps
-        if step in self.boundaries or (every and step % every == 0):
+        step = self.position.step
+        if step in self.validation_steps:
             self.validation = validate(self.model, self.context, where.stage.task, self.config)
             if self.validation:
                 self.tracker.log({"step": step, "stage": where.stage.name, **self.validation})
