@@ -30,15 +30,21 @@ def stream_config(config: TrainConfig, shuffle: bool) -> StreamConfig:
     return StreamConfig(config.data, shuffle=shuffle, seed=config.seed, collate=Collate(config.model.llm, tasks))
 
 
+def run_needs(config: TrainConfig) -> tuple[float, float]:
+    """(CPUs, GPUs) one training run occupies: its workers' and one CPU for Ray Data's ingest tasks."""
+    scaling = config.scaling
+    cpus = scaling.num_workers * scaling.cpus_per_worker + 1
+    return cpus, scaling.num_workers * scaling.gpus_per_worker if scaling.use_gpu else 0.0
+
+
 def check_resources(config: TrainConfig, cluster: dict[str, float]) -> None:
     """Refuse a run the cluster cannot place (Ray would otherwise wait for resources forever)."""
     scaling = config.scaling
-    need_cpu = scaling.num_workers * scaling.cpus_per_worker
-    need_gpu = scaling.num_workers * scaling.gpus_per_worker if scaling.use_gpu else 0
+    need_cpu, need_gpu = run_needs(config)
     problems = []
-    if need_cpu + 1 > cluster.get("CPU", 0):  # + 1: Ray Data's ingest tasks need a CPU beside the workers
+    if need_cpu > cluster.get("CPU", 0):
         problems.append(f"scaling.num_workers={scaling.num_workers} x scaling.cpus_per_worker={scaling.cpus_per_worker} "
-                        f"needs {need_cpu:g} CPUs plus 1 for data ingest; the cluster has {cluster.get('CPU', 0):g}")
+                        f"needs {need_cpu - 1:g} CPUs plus 1 for data ingest; the cluster has {cluster.get('CPU', 0):g}")
     if need_gpu > cluster.get("GPU", 0):
         problems.append(f"scaling.num_workers={scaling.num_workers} x scaling.gpus_per_worker={scaling.gpus_per_worker} "
                         f"needs {need_gpu:g} GPUs; the cluster has {cluster.get('GPU', 0):g}")

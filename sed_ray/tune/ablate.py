@@ -137,10 +137,11 @@ def _tables(runs: dict, cells: dict, replicates: int) -> list[dict]:
     id_sets = [set(pq.read_table(p, columns=["id"]).column("id").to_pylist()) for p in paths]
     ids = sorted(set.intersection(*id_sets))  # the utterances every evaluation scored: the pairing
     labels = sorted({r for p in paths for r in pq.read_table(p, columns=["emotion_true"]).column(0).to_pylist()})
+    loaded = {key: _load(seeds, ids, labels) for key, seeds in runs.items()}  # read and tokenised once
     table = []
     for metric, source in MEASURES:
-        present = {cell: _load(runs[(cell, source)], ids, labels) for cell in cells if (cell, source) in runs}
-        if REFERENCE not in present or not present:
+        present = {cell: loaded[(cell, source)] for cell in cells if (cell, source) in loaded}
+        if REFERENCE not in present:
             continue
         summary = summarise(present, metric, REFERENCE, replicates=replicates)
         for cell, row in summary.items():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sed_ray.base.tiny import fixed_base
 from sed_ray.config import TrainConfig, build
+from sed_ray.train.launcher import run_needs
 from sed_ray.train.plan import validate, validation_reports
 from sed_ray.train.run_folder import start_run_dir
 from sed_ray.tune.space import check_space, distribution, grid_size, trial_config
@@ -30,12 +31,9 @@ def search_dir(config: TrainConfig, name: str) -> Path:
 def trials_at_once(config: TrainConfig, cluster: dict[str, float]) -> int:
     """How many trials the cluster holds at once: each needs its driver's CPU, its workers' CPUs (and
     GPUs) and a CPU for its data ingest. 0 when not even one fits."""
-    scaling = config.scaling
-    per_trial_cpu = DRIVER_CPUS + scaling.num_workers * scaling.cpus_per_worker + 1
-    fits = int(cluster.get("CPU", 0) // per_trial_cpu)
-    if scaling.use_gpu:
-        fits = min(fits, int(cluster.get("GPU", 0) // (scaling.num_workers * scaling.gpus_per_worker)))
-    return fits
+    cpus, gpus = run_needs(config)
+    fits = int(cluster.get("CPU", 0) // (DRIVER_CPUS + cpus))
+    return min(fits, int(cluster.get("GPU", 0) // gpus)) if gpus else fits
 
 
 def _tune_space(config: TrainConfig) -> dict:
