@@ -100,7 +100,9 @@ def _score(args: argparse.Namespace) -> int:
     metrics = score_records(read_predictions(args.predictions), args.labels.split(",") if args.labels else None)
     text = json.dumps(metrics, indent=2)
     if args.out:
-        Path(args.out).write_text(text)
+        from sed_ray.files import atomic_write_text
+
+        atomic_write_text(args.out, text)
         print(f"score: wrote {args.out}")
     print(text if not args.out else "\n".join(f"  {k}: {metrics[k]}" for k in
                                               ("ua", "wa", "macro_f1", "wer", "bleu4", "meteor", "rouge_l", "cider", "spice")))
@@ -119,10 +121,14 @@ def _options(args: argparse.Namespace):
 def _infer(args: argparse.Namespace) -> int:
     from sed_ray.eval.infer import failed, run_inference, write_predictions
     from sed_ray.model.weights import model_folder
+    from sed_ray.storage import location, require
 
+    require(args.checkpoint, "--checkpoint", must_exist=True)
+    require(args.out, "--out")
     folder = model_folder(args.checkpoint)  # a wrong checkpoint path costs nothing: checked before clearing
     for stale in ("predictions.parquet", "errors.jsonl"):  # a failed rerun must not leave older results standing
-        (Path(args.out) / stale).unlink(missing_ok=True)
+        (location(args.out) / stale).unlink(missing_ok=True)
+    require(args.input, "--input", must_exist=True)
     records = run_inference(str(folder), args.input, _options(args))
     predictions, errors = write_predictions(records, args.out)
     broken = [r for r in records if failed(r)]

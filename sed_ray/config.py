@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from sed_ray.storage import RemotePath, location
+
 # The emotion vocabulary corpora are mapped onto, and the four-class protocol (IEMOCAP's, the default
 # label set a model scores). Here, at the bottom, because both the corpus layer and the model read it.
 CANONICAL_EMOTIONS = ("neutral", "happy", "angry", "sad", "surprised", "fearful", "disgusted")
@@ -209,7 +211,8 @@ class TuneSection:
 @dataclass
 class TrainConfig:
     name: str = "sed-ray"  # run name: relaunching with the same name and storage resumes
-    storage: str = "runs"  # Ray Train storage_path (shared storage on a multi-node cluster)
+    storage: str = "runs"  # Ray Train storage_path: a local folder, s3://BUCKET/PATH or gs://BUCKET/PATH (a
+    # multi-node cluster needs object storage or a shared file system mounted at the same absolute path)
     seed: int = 0
     max_failures: int = 3  # worker-group restarts from the latest checkpoint
     data: DataSection = field(default_factory=DataSection)
@@ -228,8 +231,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.storage).expanduser().resolve() / self.name
+    def run_dir(self) -> Path | RemotePath:
+        """<storage>/<name>: a local folder or an object-store prefix (sed_ray.storage)."""
+        return location(self.storage) / self.name
 
     def problems(self) -> list[str]:
         """What is wrong with the numbers alone, each naming the key to change (the checks against the

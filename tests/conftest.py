@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 import os
+import socket
 
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The S3-compatible test server (moto, started by the `s3` fixture) listens here. Its dummy credentials and
+# endpoint are set before Ray starts, so every Ray worker inherits them the way cluster nodes get theirs.
+S3_PORT = _free_port()
+os.environ.update({"AWS_ACCESS_KEY_ID": "sed-ray-test", "AWS_SECRET_ACCESS_KEY": "sed-ray-test",
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+                   "AWS_EC2_METADATA_DISABLED": "true"})
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -25,6 +39,41 @@ def ray_cluster():
                  runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server on loopback (moto in server mode) with one bucket; yields its URI."""
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", S3_PORT), timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, "the moto S3 server did not start"
+            time.sleep(0.2)
+    boto3.client("s3").create_bucket(Bucket="sed-ray-test")
+    yield "s3://sed-ray-test"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_shards(s3, synth_corpus, ray_cluster):
+    """The synthetic corpus prepared straight into the S3 bucket."""
+    from sed_ray.data.prepare import prepare
+
+    out = f"{s3}/shards"
+    prepare("manifest", synth_corpus / "manifest.jsonl", out, shard_rows=24, log=lambda _m: None)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
@@ -22,6 +23,7 @@ from sed_ray.data.reads import corpus_audio, corpus_texts
 from sed_ray.files import atomic_write_json
 from sed_ray.model.prompt import FIELD_TITLES, TASKS
 from sed_ray.model.weights import CONFIG
+from sed_ray.storage import RemotePath, location, upload_folder, uri
 
 TINY_SPECIAL = {"bos_token": "<|begin|>", "eos_token": "<|end|>", "pad_token": "<|pad|>", "unk_token": "<|unk|>"}
 TINY_CHAT_TEMPLATE = (
@@ -104,14 +106,14 @@ SETTINGS = "build.json"  # in a tiny base folder: what it was built from
 
 def base_settings(config: TrainConfig) -> dict:
     """Everything a tiny base depends on; a base built with other settings is not reused."""
-    return {"shards": str(Path(config.data.shards).expanduser().resolve()), "train_split": config.data.train_split,
+    return {"shards": uri(config.data.shards), "train_split": config.data.train_split,
             "seed": config.seed, "tiny_vocab_size": config.model.tiny_vocab_size,
             "tiny_encoder_steps": config.model.tiny_encoder_steps, "tiny_lm_steps": config.model.tiny_lm_steps}
 
 
-def base_folder(config: TrainConfig) -> Path:
+def base_folder(config: TrainConfig) -> Path | RemotePath:
     if config.model.tiny_base_dir:
-        return Path(config.model.tiny_base_dir).expanduser().resolve()
+        return location(config.model.tiny_base_dir)
     return config.run_dir / "base"
 
 
@@ -138,8 +140,14 @@ def resolve_base(config: TrainConfig, log=print) -> TrainConfig:
     return replace(config, model=model)
 
 
-def _build(config: TrainConfig, base: Path, settings: dict, log) -> None:
-    """Build under a staging name, then rename: a base folder is complete or absent."""
+def _build(config: TrainConfig, base: Path | RemotePath, settings: dict, log) -> None:
+    """Build under a staging name, then rename (or upload, CONFIG last): a base folder is complete or absent."""
+    if isinstance(base, RemotePath):
+        with tempfile.TemporaryDirectory(prefix="sed-ray-base-") as folder:
+            staging = Path(folder) / "base"
+            _build(config, staging, settings, log)
+            upload_folder(staging, base, last=(SETTINGS, CONFIG))
+        return
     staging = base.with_name(base.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     data, model = config.data, config.model

@@ -44,7 +44,10 @@ def _builder(tokenizer: str) -> PromptBuilder:
     """One tokenizer per ingest process (Ray reuses its worker processes, so this loads once)."""
     from transformers import AutoTokenizer
 
-    return PromptBuilder(AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False), system_prompt="")
+    from sed_ray.storage import pretrained_source
+
+    return PromptBuilder(AutoTokenizer.from_pretrained(pretrained_source(tokenizer), trust_remote_code=False),
+                         system_prompt="")
 
 
 def target_values(text, descriptor, emotion) -> dict:

@@ -34,6 +34,7 @@ from sed_ray.data.audio import REASONS, AudioLimits, AudioRejected, load_utteran
 from sed_ray.data.corpora import ConnectorOptions, list_rows
 from sed_ray.data.schema import SAMPLE_RATE, SHARD_SCHEMA, SourceRow
 from sed_ray.files import atomic_write, atomic_write_text
+from sed_ray.storage import location, problem
 
 PLAN_VERSION = 1
 
@@ -150,7 +151,7 @@ def _run_shards(todo: list[int], plan_rows: list[list[SourceRow]], out: Path, li
 
     def task(item: dict) -> dict:
         rows = [SourceRow.from_dict(d) for d in json.loads(item["rows"])]
-        return write_shard(int(item["shard"]), rows, Path(out_str), limits)
+        return write_shard(int(item["shard"]), rows, location(out_str), limits)
 
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(task, num_cpus=1)
     # One operator does all the work here: Ray Data's default per-operator reservation would hold
@@ -189,7 +190,10 @@ def prepare(corpus: str, source: str | os.PathLike, out: str | os.PathLike, *, s
     if shard_rows < 1:
         raise ValueError("--shard-rows must be at least 1")
     started = time.time()
-    out = Path(out).expanduser().resolve()
+    unusable = problem(out, "--out")
+    if unusable:
+        raise ValueError(unusable)
+    out = location(out)
     for folder in ("shards", "parts"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     rows = list(list_rows(corpus, source, options))

@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from sed_ray.data.schema import pcm_from_bytes, pcm_to_float
-from sed_ray.data.stream import shard_files
+from sed_ray.data.stream import shard_dataset
+from sed_ray.storage import location, problem
 
 
 def _split_table(shards: str | Path, split: str, columns: list[str]):
-    return pads.dataset(shard_files(shards), format="parquet").to_table(columns=columns,
-                                                                        filter=pads.field("split") == split)
+    return shard_dataset(shards).to_table(columns=columns, filter=pads.field("split") == split)
 
 
 def corpus_texts(shards: str | Path, split: str) -> list[str]:
@@ -41,7 +41,11 @@ def corpus_audio(shards: str | Path, split: str, limit: int = 2000) -> list[np.n
 
 
 def shards_problem(shards: str | Path) -> str | None:
-    """Why `shards` cannot be trained on (no finished `sed-ray prepare` output there), or None."""
-    if not (Path(shards) / "summary.json").exists():
+    """Why `shards` cannot be trained on (an object store that cannot be read, no finished `sed-ray prepare`
+    output there), or None."""
+    unusable = problem(shards, "data.shards")
+    if unusable:
+        return unusable
+    if not (location(shards) / "summary.json").exists():
         return f"data.shards: {shards} is not a finished `sed-ray prepare` output (no summary.json)"
     return None

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from sed_ray.config import DataSection
 from sed_ray.data.collate import BATCH_META, Batch, Collate, token_schema, tokenize_columns
 from sed_ray.data.schema import SAMPLE_RATE, SHARD_SCHEMA, binary_value
+from sed_ray.storage import arrow_paths, location
 
 READ_COLUMNS = ["pcm", "num_samples", *BATCH_META]
 
@@ -47,20 +48,28 @@ class StreamConfig:
     collate: Collate | None = None  # tokenise targets in the ingest step; None = audio and metadata only
 
 
-def shard_files(shard_dir: str | Path) -> list[str]:
-    """The Parquet shards of a finished `prepare` run, in shard order."""
-    shard_dir = Path(shard_dir)
+def shard_files(shard_dir) -> list[str]:
+    """The Parquet shards of a finished `prepare` run, in shard order: absolute paths or object-store URIs
+    (read them through `sed_ray.storage.arrow_paths`)."""
+    shard_dir = location(shard_dir)
     if not (shard_dir / "summary.json").exists():
         raise FileNotFoundError(f"{shard_dir} has no summary.json: `sed-ray prepare` has not finished "
                                 "there (rerun it with the same --out to resume)")
     files = sorted(str(p) for p in (shard_dir / "shards").glob("part-*.parquet"))
     if not files:
         raise FileNotFoundError(f"{shard_dir}/shards holds no part-*.parquet: prepare accepted no rows")
-    pcm_type = pq.read_schema(files[0]).field("pcm").type
+    fs, paths = arrow_paths(files[:1])
+    pcm_type = pq.read_schema(paths[0], filesystem=fs).field("pcm").type
     if pcm_type != SHARD_SCHEMA.field("pcm").type:
         raise ValueError(f"{files[0]} stores pcm as {pcm_type}, not {SHARD_SCHEMA.field('pcm').type}: it was "
                          "written by an older sed-ray; rerun `sed-ray prepare ... --overwrite`")
     return files
+
+
+def shard_dataset(shard_dir) -> pads.Dataset:
+    """The shards as one pyarrow dataset (metadata and column reads, local or object storage)."""
+    fs, paths = arrow_paths(shard_files(shard_dir))
+    return pads.dataset(paths, format="parquet", filesystem=fs)
 
 
 def _split_filter(split: str | None):
@@ -69,8 +78,7 @@ def _split_filter(split: str | None):
 
 def count_rows(shard_dir: str | Path, split: str | None = None) -> int:
     """Utterances of a split, from metadata only."""
-    dataset = pads.dataset(shard_files(shard_dir), format="parquet")
-    return dataset.count_rows(filter=_split_filter(split))
+    return shard_dataset(shard_dir).count_rows(filter=_split_filter(split))
 
 
 def plan_batches(num_samples: np.ndarray, config: StreamConfig, rng: np.random.Generator | None) -> list[np.ndarray]:
@@ -163,9 +171,9 @@ def ray_dataset(shard_dir: str | Path, split: str | None, config: StreamConfig):
     from sed_ray.ray_env import ensure_ray
 
     ensure_ray()
-    files = shard_files(shard_dir)
+    fs, files = arrow_paths(shard_files(shard_dir))
     shuffle = ray.data.FileShuffleConfig(seed=config.seed, reseed_after_execution=True) if config.shuffle else None
-    dataset = ray.data.read_parquet(files, columns=READ_COLUMNS, shuffle=shuffle)
+    dataset = ray.data.read_parquet(files, columns=READ_COLUMNS, shuffle=shuffle, filesystem=fs)
     if split is not None:  # an expression filter, which Ray pushes down into the Parquet scan
         from ray.data.expressions import col
 
@@ -219,7 +227,8 @@ def _windows(files: list[str], split: str | None, window_rows: int, columns: lis
     pending: list[pa.Table] = []
     pending_rows = 0
     for path in files:
-        table = pq.read_table(path, columns=columns, filters=_split_filter(split))
+        fs, (inside,) = arrow_paths([path])
+        table = pq.read_table(inside, columns=columns, filters=_split_filter(split), filesystem=fs)
         pending.append(table)
         pending_rows += table.num_rows
         while pending_rows >= window_rows:

@@ -16,11 +16,12 @@ from sed_ray.eval.report import write_report
 from sed_ray.files import RUN_METRICS, atomic_write, atomic_write_json, read_jsonl
 from sed_ray.model.prompt import get_task
 from sed_ray.model.weights import model_folder, read_config
+from sed_ray.storage import location, require
 
 
-def _training_metrics(checkpoint: Path, run_dir: str | None) -> list[dict]:
+def _training_metrics(checkpoint, run_dir: str | None) -> list[dict]:
     # model/ sits in a checkpoint folder, which sits in the run folder (Ray) or in run/checkpoints (--local)
-    candidates = [Path(run_dir)] if run_dir else list(checkpoint.parents)[:3]
+    candidates = [location(run_dir)] if run_dir else list(checkpoint.parents)[:3]
     for folder in candidates:
         if (folder / RUN_METRICS).exists():
             return read_jsonl(folder / RUN_METRICS)
@@ -53,7 +54,11 @@ def evaluate(checkpoints: dict[str, str], data: str, out: str | os.PathLike,
     options = replace(options, latents=True, listening=True)
     task, descriptors = options.task, options.descriptors
     fields = get_task(task).fields
-    out = Path(out)
+    require(data, "--data", must_exist=True)
+    require(out, "--out")
+    for fold, checkpoint in checkpoints.items():
+        require(checkpoint, f"--checkpoint {fold}=" if fold else "--checkpoint", must_exist=True)
+    out = location(out)
     out.mkdir(parents=True, exist_ok=True)
     folders = {k: model_folder(v) for k, v in checkpoints.items()}
     labels = list(options.labels or read_config(next(iter(folders.values()))).labels)

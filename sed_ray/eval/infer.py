@@ -20,6 +20,7 @@ from sed_ray.data.collate import collate_rows
 from sed_ray.files import atomic_write, atomic_write_text
 from sed_ray.model.prompt import FIELD_TITLES, TASKS as TASKS_NAMES, get_task
 from sed_ray.model.speech_llm import DESCRIPTOR_SOURCES
+from sed_ray.storage import arrow_paths, is_remote, location
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3"} | CONTAINER_SUFFIXES
 META = ("text", "emotion", "descriptor", "speaker", "session", "split")
@@ -38,12 +39,15 @@ LISTENING_BY_FIELD = tuple(f"{column}_{field}" for field in FIELD_TITLES for col
 
 def list_inputs(path: str | os.PathLike) -> tuple[str, list[dict]]:
     """('shards', []) for a prepare output, else ('rows', [{id, audio, ...metadata}])."""
-    path = Path(path).expanduser().resolve()
+    path = location(path)
     if not path.exists():  # named here: the connector below would call it a --source
         raise FileNotFoundError(f"{path} does not exist: give a `sed-ray prepare` output folder, a folder of "
                                 f"audio files, or a manifest (.jsonl, .csv, .parquet)")
     if (path / "summary.json").exists() and (path / "shards").is_dir():
         return "shards", []
+    if is_remote(path):
+        raise ValueError(f"{path}: in object storage, inference reads `sed-ray prepare` outputs only (no summary.json "
+                         "and shards/ there); prepare the audio first, or give a local folder or manifest")
     if path.is_dir() and not any((path / f"manifest{s}").exists() for s in (".jsonl", ".csv", ".parquet")):
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         if not files:
@@ -168,7 +172,8 @@ def run_inference(checkpoint: str, inputs: str | os.PathLike, options: Inference
 
         from sed_ray.data.stream import shard_files
 
-        dataset = ray.data.read_parquet(shard_files(inputs), columns=["id", "pcm", "num_samples", "source", *META])
+        fs, files = arrow_paths(shard_files(inputs))
+        dataset = ray.data.read_parquet(files, columns=["id", "pcm", "num_samples", "source", *META], filesystem=fs)
         for key, value in (where or {}).items():
             dataset = dataset.filter(expr=col(key) == value)
         dataset = dataset.map(lambda r: {**r, "error": ""})
@@ -192,7 +197,7 @@ def write_predictions(records: list[dict], out: str | os.PathLike) -> tuple[Path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = Path(out)
+    out = location(out)
     out.mkdir(parents=True, exist_ok=True)
     good = [r for r in records if not failed(r)]
     bad = [r for r in records if failed(r)]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sed_ray.files import atomic_write_text
+from sed_ray.storage import location
 
 
 def figure_png(fig) -> bytes:
@@ -177,8 +178,8 @@ def _listening_html(listening: dict | None) -> str:
 
 def write_report(out: str | Path, metrics: dict, predictions: list[dict], *, title: str,
                  training_metrics: list[dict] | None = None, sample_size: int = 24) -> Path:
-    """Write OUT/report.html and OUT/figures/*.png; returns the HTML path."""
-    out = Path(out)
+    """Write OUT/report.html and OUT/figures/*.png (a local folder or object storage); returns the HTML path."""
+    out = location(out)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, str, bytes]] = []

@@ -78,10 +78,13 @@ class SpeechEmotionLLM(nn.Module):
         wrap the LLM with LoRA, add fresh blocks and adapters."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from sed_ray.storage import pretrained_source
+
         dtype = DTYPES[config.dtype]
-        encoder = SpeechEncoder.from_pretrained(config.encoder, config.encoder_normalize, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(config.llm, trust_remote_code=False)
-        llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, trust_remote_code=False,
+        encoder = SpeechEncoder.from_pretrained(pretrained_source(config.encoder), config.encoder_normalize, dtype=dtype)
+        llm_source = pretrained_source(config.llm)  # a base built in object storage is fetched once per process
+        tokenizer = AutoTokenizer.from_pretrained(llm_source, trust_remote_code=False)
+        llm = AutoModelForCausalLM.from_pretrained(llm_source, dtype=dtype, trust_remote_code=False,
                                                    attn_implementation=config.attention)
         return cls(config, encoder, with_lora(llm, config), tokenizer)
 

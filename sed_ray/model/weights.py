@@ -14,9 +14,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 from sed_ray.config import ModelConfig
+from sed_ray.storage import RemotePath, location
 
 WEIGHTS = "trainable.safetensors"
 CONFIG = "model_config.json"
@@ -44,16 +45,17 @@ def save_trainable(model, folder: str | Path) -> Path:
     return write_model_folder(folder, model.trainable_state_dict(), model.config.to_dict())
 
 
-def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(folder) / WEIGHTS
+def read_weights(folder: str | Path | RemotePath) -> dict[str, torch.Tensor]:
+    path = location(folder) / WEIGHTS
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: not a sed-ray model checkpoint folder")
-    return load_file(str(path))
+    return load(path.read_bytes()) if isinstance(path, RemotePath) else load_file(str(path))
 
 
-def model_folder(path: str | Path) -> Path:
-    """A model folder, or a training checkpoint holding one under model/ -> the model folder."""
-    path = Path(path).expanduser().resolve()
+def model_folder(path: str | Path | RemotePath) -> Path | RemotePath:
+    """A model folder, or a training checkpoint holding one under model/ -> the model folder (local or in
+    object storage)."""
+    path = location(path)
     if (path / WEIGHTS).exists():
         return path
     if (path / MODEL_DIR / WEIGHTS).exists():
@@ -62,9 +64,9 @@ def model_folder(path: str | Path) -> Path:
                             f"({MODEL_DIR}/{WEIGHTS})")
 
 
-def load_trainable(model, folder: str | Path) -> None:
+def load_trainable(model, folder: str | Path | RemotePath) -> None:
     """Copy saved trainable weights into `model`; the key sets must match exactly."""
-    path = Path(folder) / WEIGHTS
+    path = location(folder) / WEIGHTS
     saved = read_weights(folder)
     current = dict(model.trainable_state_dict())
     missing, unexpected = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
@@ -79,14 +81,14 @@ def load_trainable(model, folder: str | Path) -> None:
             current[name].copy_(tensor.to(current[name].dtype))
 
 
-def read_config(folder: str | Path) -> ModelConfig:
-    path = Path(folder) / CONFIG
+def read_config(folder: str | Path | RemotePath) -> ModelConfig:
+    path = location(folder) / CONFIG
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: not a sed-ray model checkpoint folder")
     return ModelConfig.from_dict(json.loads(path.read_text()))
 
 
-def load_model(folder: str | Path):
+def load_model(folder: str | Path | RemotePath):
     """Rebuild the model from the folder's config (base checkpoints by from_pretrained) and load its weights."""
     from sed_ray.model.speech_llm import SpeechEmotionLLM
 

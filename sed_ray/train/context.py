@@ -13,6 +13,9 @@ from typing import Iterator, Protocol
 
 import torch
 
+from sed_ray.storage import RemotePath, local_copy, location, upload_folder
+from sed_ray.train.checkpoint import POSITION
+
 
 class TrainContext(Protocol):
     rank: int
@@ -80,11 +83,10 @@ class RayTrainContext:
 class LocalContext:
     """One process, no Ray: the plain pyarrow stream, checkpoints in RUN_DIR/checkpoints/step-NNNNNNN."""
 
-    def __init__(self, run_dir: str | Path, shards: str | Path, stream_config, use_gpu: bool = False,
-                 train_split: str = "train") -> None:
+    def __init__(self, run_dir, shards, stream_config, use_gpu: bool = False, train_split: str = "train") -> None:
         self.rank, self.world_size = 0, 1
         self.device = _device(use_gpu, 0)
-        self.run_dir = Path(run_dir)
+        self.run_dir = location(run_dir)
         self.shards, self.train_split = shards, train_split
         self.stream_config = stream_config
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -98,13 +100,19 @@ class LocalContext:
         return plain_batches(self.shards, split, config, epoch=epoch)
 
     def latest_checkpoint(self) -> Path | None:
-        found = sorted((self.run_dir / "checkpoints").glob("step-*"))
-        return found[-1] if found else None
+        """The newest complete checkpoint (position.json is written, or uploaded, last), as a local folder."""
+        found = [p for p in sorted((self.run_dir / "checkpoints").glob("step-*"), key=str) if (p / POSITION).exists()]
+        return local_copy(found[-1]) if found else None
 
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         if checkpoint_dir is None:
             return
         final = self.run_dir / "checkpoints" / f"step-{int(metrics['step']):07d}"
+        if isinstance(final, RemotePath):  # no rename in object storage: position.json goes last
+            final.rmtree()
+            upload_folder(checkpoint_dir, final, last=(POSITION,))
+            shutil.rmtree(checkpoint_dir)
+            return
         if final.exists():
             shutil.rmtree(final)
         os.replace(checkpoint_dir, final)  # atomic: a checkpoint folder is complete or absent

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from pathlib import Path
 
 from sed_ray.base.tiny import resolve_base
 from sed_ray.config import TrainConfig, build
 from sed_ray.data.collate import Collate
 from sed_ray.data.reads import descriptor_bank
 from sed_ray.data.stream import StreamConfig
+from sed_ray.storage import is_relative, uri
 from sed_ray.train.plan import validate
 from sed_ray.train.run_folder import start_run_dir
 from sed_ray.train.stages import schedule_for
@@ -51,6 +51,33 @@ def check_resources(config: TrainConfig, cluster: dict[str, float]) -> None:
     if problems:
         raise ValueError("the cluster cannot run this config:\n  - " + "\n  - ".join(problems) +
                          "\n  lower scaling.num_workers, or set scaling.check_resources=false on an autoscaling cluster")
+
+
+def fixed_paths(config: TrainConfig, nodes: int = 1) -> TrainConfig:
+    """The config with its paths resolved once, here on the driver (absolute local paths, object-store URIs
+    as they are), so every worker reads and writes the same place. A relative path is refused where it
+    would mean different folders: on a cluster of several nodes, and in a Ray job's temporary working
+    directory (which Ray deletes)."""
+    values = {"storage": config.storage, "data.shards": config.data.shards, "model.tiny_base_dir": config.model.tiny_base_dir}
+    relative = [key for key, value in values.items() if value is not None and is_relative(value)]
+    in_job_folder = "runtime_resources" in os.getcwd()
+    if not nodes > 1:  # one node: only what is written must outlive the job's folder
+        relative = [key for key in relative if in_job_folder and key != "data.shards"]
+    if relative:
+        where = (f"this cluster has {nodes} nodes, and each would resolve it in its own working directory" if nodes > 1
+                 else f"this driver runs in a Ray job's temporary working directory ({os.getcwd()})")
+        raise ValueError("relative paths cannot be used here: " + where + ":\n  - " + "\n  - ".join(
+            f"{key}={values[key]!r}: give an object-store URI (s3://BUCKET/PATH, gs://BUCKET/PATH) or an absolute "
+            "path on a file system every node mounts" for key in relative))
+    return replace(config, storage=uri(config.storage),
+                   data=replace(config.data, shards=uri(config.data.shards)),
+                   model=replace(config.model, tiny_base_dir=config.model.tiny_base_dir and uri(config.model.tiny_base_dir)))
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
 def draft_bank_for(config: TrainConfig) -> list[str]:
@@ -87,7 +114,7 @@ def trainer_for(config: TrainConfig, callbacks: list | None = None):
         datasets=datasets,
         dataset_config=data_config(list(datasets)),
         run_config=ray.train.RunConfig(
-            name=config.name, storage_path=str(Path(config.storage).expanduser().resolve()), callbacks=callbacks,
+            name=config.name, storage_path=uri(config.storage), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoint.keep)),
     )
@@ -106,7 +133,7 @@ def launch(config: TrainConfig):
     ensure_ray(num_cpus=max(os.cpu_count() or 1, int(scaling.num_workers * scaling.cpus_per_worker) + 2))
     if scaling.check_resources:
         check_resources(config, ray.cluster_resources())
-    config = resolve_base(config)
+    config = resolve_base(fixed_paths(config, alive_nodes()))
     start_run_dir(config, any(config.run_dir.glob("checkpoint_step*")))
     return trainer_for(config).fit()
 
@@ -120,7 +147,7 @@ def run_local(config: TrainConfig):
     config = replace(config, deepspeed=replace(config.deepspeed, enabled=False),
                      scaling=replace(config.scaling, num_workers=1))
     validate(config)
-    config = resolve_base(config)
+    config = resolve_base(fixed_paths(config))
     start_run_dir(config, any((config.run_dir / "checkpoints").glob("step-*")))
     context = LocalContext(config.run_dir, config.data.shards, stream_config(config, shuffle=True),
                            use_gpu=config.scaling.use_gpu, train_split=config.data.train_split)

@@ -14,6 +14,7 @@ import torch
 from sed_ray.config import TrainConfig
 from sed_ray.model.prompt import get_task
 from sed_ray.model.speech_llm import SpeechEmotionLLM, count_parameters
+from sed_ray.storage import is_remote
 from sed_ray.train.checkpoint import (TrainPosition, read_optimizer_state, read_position, restore_model,
                                       write_checkpoint)
 from sed_ray.train.context import TrainContext
@@ -206,8 +207,11 @@ class WorkerRun:
             model_state = self.runner.model_state()
             optimizer_state, p.optimizer_step = self.runner.optimizer_state()
             if self.context.rank == 0:
+                run_dir = self.config.run_dir  # staged beside the run when local (same disk), else in /tmp
                 folder = write_checkpoint(model_state, self.model.config.to_dict(), optimizer_state, p,
-                                          self.config.to_dict(), staging_root=self.config.run_dir / "workers")
+                                          self.config.to_dict(),
+                                          staging_root=None if is_remote(run_dir) else run_dir / "workers")
+                self.tracker.flush()  # object storage: the metrics up to this checkpoint are there with it
         self.context.report({"step": p.step, "stage": p.stage, "beta": p.beta, **self.validation}, folder)
         self.validation = {}
 

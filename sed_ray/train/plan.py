@@ -10,6 +10,7 @@ from sed_ray.config import TrainConfig
 from sed_ray.data.reads import shards_problem
 from sed_ray.model.prompt import TASKS, get_task
 from sed_ray.model.speech_llm import DTYPES
+from sed_ray.storage import is_remote, problem as storage_problem
 from sed_ray.train.schedules import BETA_SCHEDULES, LR_DECAYS, beta_for
 from sed_ray.train.stages import STAGE_PRESETS, schedule_for
 from sed_ray.train.step import PRECISIONS
@@ -65,7 +66,7 @@ def problems(config: TrainConfig, check_sources: bool = True) -> list[str]:
         except ValueError as exc:
             found.append(f"beta: {exc}")
     if check_sources:
-        found += [p for p in [shards_problem(config.data.shards)] if p]
+        found += [p for p in [storage_problem(config.storage, "storage"), shards_problem(config.data.shards)] if p]
         if config.model.preset is None:  # the tiny preset builds its own
             found += [p for key in ("encoder", "llm") if (p := model_source_problem(key, getattr(config.model, key)))]
     return found
@@ -95,6 +96,8 @@ def validate(config: TrainConfig) -> None:
 def model_source_problem(key: str, source: str) -> str | None:
     """A checkpoint the workers could not load: a local folder without a config.json, or (offline) a hub
     id missing from the local Hugging Face cache. Checked where the driver runs, like data.shards."""
+    if is_remote(source):
+        return storage_problem(f"{source.rstrip('/')}/config.json", f"model.{key}", must_exist=True)
     if source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists():
         if not (Path(source).expanduser() / "config.json").exists():
             return f"model.{key}: {source} is not a model folder (no config.json there)"

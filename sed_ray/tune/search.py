@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sed_ray.base.tiny import fixed_base
 from sed_ray.config import TrainConfig, build
-from sed_ray.train.launcher import run_needs
+from sed_ray.storage import RemotePath, location
+from sed_ray.train.launcher import alive_nodes, fixed_paths, run_needs
 from sed_ray.train.plan import validate, validation_reports
 from sed_ray.train.run_folder import start_run_dir
 from sed_ray.tune.space import check_space, distribution, grid_size, trial_config
@@ -24,8 +25,8 @@ from sed_ray.tune.space import check_space, distribution, grid_size, trial_confi
 DRIVER_CPUS = 1.0  # the trial's driver function; its training workers ask for their own resources
 
 
-def search_dir(config: TrainConfig, name: str) -> Path:
-    return Path(config.storage).expanduser().resolve() / name
+def search_dir(config: TrainConfig, name: str) -> Path | RemotePath:
+    return location(config.storage) / name
 
 
 def trials_at_once(config: TrainConfig, cluster: dict[str, float]) -> int:
@@ -127,6 +128,7 @@ def run_search(config: TrainConfig, name: str, log=print, cells: dict[str, dict]
     check_space(config)
     validate(config)
     ensure_ray()
+    config = fixed_paths(config, alive_nodes())
     at_once = trials_at_once(config, ray.cluster_resources())
     if at_once == 0 and config.scaling.check_resources:
         raise ValueError(f"the cluster cannot hold one trial: scaling.num_workers={config.scaling.num_workers} x "

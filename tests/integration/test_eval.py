@@ -16,12 +16,27 @@ from sed_ray.cli import main
 
 
 @pytest.fixture(scope="module")
-def evaluation(tiny_checkpoint, synth_shards, tmp_path_factory, ray_cluster):
-    out = tmp_path_factory.mktemp("evaluation")
-    code = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(synth_shards), "--split", "test",
-                 "--out", str(out), "--max-new-tokens", "24"])
+def s3_checkpoint(tiny_checkpoint, s3):
+    """The trained run (its checkpoints and metrics), uploaded to the S3 test bucket: evaluate and infer
+    read the checkpoint from there (and evaluate the run's curves beside it)."""
+    from sed_ray.storage import upload_folder
+
+    run_dir = tiny_checkpoint.parents[1]
+    upload_folder(run_dir, f"{s3}/runs/{run_dir.name}")
+    return f"{s3}/runs/{run_dir.name}/{tiny_checkpoint.relative_to(run_dir).as_posix()}"
+
+
+@pytest.fixture(scope="module")
+def evaluation(s3_checkpoint, s3_shards, s3, tmp_path_factory, ray_cluster):
+    """An evaluation that reads its checkpoint and shards from S3 and writes its outputs there; the tests
+    read a local copy of what landed in the bucket."""
+    from sed_ray.storage import local_copy
+
+    out = f"{s3}/evaluation"
+    code = main(["evaluate", "--checkpoint", s3_checkpoint, "--data", s3_shards, "--split", "test",
+                 "--out", out, "--max-new-tokens", "24"])
     assert code == 0
-    return out
+    return local_copy(out)
 
 
 def test_evaluate_writes_metrics_predictions_and_report(evaluation, synth_shards):
@@ -75,7 +90,10 @@ def test_report_renders_in_headless_chromium_with_every_figure(evaluation, tmp_p
                      r"\s*<th>descriptor the LLM generated</th>", explanations)
 
 
-def test_infer_reports_broken_files_and_predicts_the_rest(tiny_checkpoint, tmp_path, ray_cluster, capsys):
+def test_infer_reports_broken_files_and_predicts_the_rest(s3_checkpoint, s3, tmp_path, ray_cluster, capsys):
+    """Reads the checkpoint from S3 and writes its outputs there."""
+    from sed_ray.storage import arrow, location
+
     folder = tmp_path / "audio"
     write_wav(folder / "one.wav", 1.2, rate=22050)
     write_wav(folder / "nested" / "two.flac", 0.9, rate=16000)
@@ -84,10 +102,11 @@ def test_infer_reports_broken_files_and_predicts_the_rest(tiny_checkpoint, tmp_p
     (folder / "empty.mp3").write_bytes(b"")
     full = write_wav(tmp_path / "full.wav", 1.0).read_bytes()
     (folder / "cut.wav").write_bytes(full[: len(full) // 3])
-    out = tmp_path / "out"
-    assert main(["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(folder), "--out", str(out),
+    out = location(f"{s3}/infer")
+    assert main(["infer", "--checkpoint", s3_checkpoint, "--input", str(folder), "--out", str(out),
                  "--max-new-tokens", "16", "--num-beams", "2"]) == 0
-    predictions = pq.read_table(out / "predictions.parquet").to_pylist()
+    fs, inside = arrow(out / "predictions.parquet")
+    predictions = pq.read_table(inside, filesystem=fs).to_pylist()
     assert sorted(p["id"] for p in predictions) == ["nested/two", "one", "three"]
     for p in predictions:
         posterior = json.loads(p["posterior"])

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from sed_ray.config import load_config
 from sed_ray.train.launcher import launch
 from sed_ray.files import read_jsonl
+from sed_ray.storage import location
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
@@ -36,7 +37,7 @@ def _config(shards, storage, name, stage1=4, stage2=4, **extra):
     return load_config(TINY, overrides)
 
 
-def _checkpoints(run_dir: Path) -> dict[int, Path]:
+def _checkpoints(run_dir) -> dict[int, Path]:
     return {int(p.name.split("step")[1]): p for p in run_dir.glob("checkpoint_step*")}
 
 
@@ -134,17 +135,18 @@ def test_killed_worker_resumes_from_last_checkpoint(synth_shards, tmp_path, ray_
     assert json.loads((Path(result.checkpoint.path) / "position.json").read_text())["step"] == 12
 
 
-def test_relaunch_with_same_name_continues(synth_shards, tmp_path, ray_cluster):
-    """Kill the whole driver (a `sed-ray train` process) after its first checkpoint, then relaunch."""
+def test_relaunch_with_same_name_continues_from_object_storage(s3_shards, s3, ray_cluster):
+    """Shards, tiny base, checkpoints and metrics in the S3 test bucket: kill the whole driver (a `sed-ray
+    train` process) after its first checkpoint, then relaunch; it resumes from the bucket."""
     name = "relaunch"
-    args = [f"data.shards={synth_shards}", f"storage={tmp_path}", f"name={name}",
+    args = [f"data.shards={s3_shards}", f"storage={s3}/runs", f"name={name}",
             "schedule.stages=[{preset: stage1, steps: 6, lr: 0.003}, {preset: stage2, steps: 4, lr: 0.003}]",
             "checkpoint.every_steps=2", "logging.every_steps=1", "logging.wandb=false", "validation.max_batches=1",
             "data.batch_seconds=12", "optim.warmup_steps=1", "checkpoint.keep=20"]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     driver = subprocess.Popen([sys.executable, "-m", "sed_ray.cli", "train", "--config", str(TINY), *args], env=env,
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_dir = tmp_path / name
+    run_dir = location(f"{s3}/runs") / name
     deadline = time.time() + 300
     while time.time() < deadline and not _committed(run_dir):
         assert driver.poll() is None, "the first launch ended before it could be stopped"
@@ -161,6 +163,8 @@ def test_relaunch_with_same_name_continues(synth_shards, tmp_path, ray_cluster):
     assert resumed and resumed[-1]["step"] >= first
     assert max(m["step"] for m in metrics if "loss" in m) == 10
     assert max(_checkpoints(run_dir)) == 10
+    assert (run_dir / "base" / "model_config.json").exists()  # the tiny base was built into the bucket
+    assert json.loads((_checkpoints(run_dir)[10] / "position.json").read_text())["step"] == 10
 
     # a relaunch that changed what the run trains would resume it under other settings: refused, unchanged
     saved = (run_dir / "config.json").read_text()
