@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 # The import contracts (pyproject.toml, [tool.importlinter]) first: a layering slip fails in seconds.
 test: venv
 	$(BIN)/lint-imports
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 # The tests marked slow (pyproject.toml markers): whole ablation grids on a local Ray cluster.
 test-slow: venv
