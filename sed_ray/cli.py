@@ -109,13 +109,24 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pool_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the model replicas are sized: on an autoscaling cluster, say what to ask for (the autoscaler adds
+    the nodes); by default, what is free now."""
+    parser.add_argument("--actors", type=int, default=None,
+                        help="model replicas (default: one per GPU free now, or up to 2 on CPUs)")
+    parser.add_argument("--gpus-per-actor", type=float, default=None,
+                        help="GPUs each replica asks for (default: 1 if a GPU is free now, else 0)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs each replica asks for (default 1)")
+
+
 def _options(args: argparse.Namespace):
     from sed_ray.config import InferenceOptions
 
     labels = tuple(x.strip() for x in args.labels.split(",") if x.strip()) if args.labels else None
     return InferenceOptions(task=args.task, descriptors=getattr(args, "descriptors", "predicted"),
                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                            labels=labels)
+                            labels=labels, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                            cpus_per_actor=args.cpus_per_actor)
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -317,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--num-beams", type=int, default=1, help="beam search width for the generated text (default 1: greedy)")
     infer.add_argument("--labels", default=None, help="comma-separated: score the emotion over these of the model's "
                                                       "labels only (default: all of them)")
+    _pool_arguments(infer)
     infer.set_defaults(handler=_infer)
 
     ev = commands.add_parser("evaluate", help="inference + scoring + the HTML report",
@@ -339,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--labels", default=None, help="comma-separated: score over these of the model's labels only, "
                                                    "e.g. neutral,happy,angry,sad for IEMOCAP's 4-class protocol "
                                                    "with a 7-label model (default: all of them)")
+    _pool_arguments(ev)
     ev.set_defaults(handler=_evaluate)
 
     demo = commands.add_parser("demo", help="the whole pipeline on the synthetic corpus (tiny models, CPU)",

@@ -95,6 +95,10 @@ class DataSection:
     batch_tokens: int = 0
     row_tokens: int = 160  # estimated prompt + target tokens per utterance
     audio_tokens_per_second: float = 20.0  # pseudo-tokens per audio second: 2 streams x 50 Hz / 5 frames stacked
+    # Node labels Ray Data's read and bucketing tasks must run on, e.g. {group: cpu} to keep ingest on a CPU
+    # node group and off the GPU nodes ({} = anywhere). Labels come from `ray start --labels`, or KubeRay's
+    # rayStartParams; the shipped cluster files label their CPU groups group=cpu.
+    ingest_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -156,13 +160,29 @@ class DeepSpeedSection:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
 @dataclass
 class ScalingSection:
-    num_workers: int = 1
+    # A fixed count, or [min, max]: an elastic run, as Ray Train's ScalingConfig takes it. It starts with as
+    # many workers as the cluster holds between the two, and is resized (from its latest checkpoint, which
+    # does not depend on the worker count) when nodes join or leave.
+    num_workers: int | tuple[int, int] = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0  # used when use_gpu
+    placement_strategy: str = "PACK"  # Ray's placement of the workers: PACK (fewest nodes) or SPREAD (across nodes)
+    worker_labels: dict[str, str] = field(default_factory=dict)  # node labels the workers must run on ({} = any)
     check_resources: bool = True  # refuse to start when the cluster cannot give the workers; turn off on autoscaling clusters
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else (self.num_workers or (0,))[0]
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else (self.num_workers or (0,))[-1]
 
 
 @dataclass
@@ -239,9 +259,15 @@ class TrainConfig:
         """What is wrong with the numbers alone, each naming the key to change (the checks against the
         registries, the shards and the model checkpoints are `train.plan.validate`'s)."""
         checks = [
-            (self.scaling.num_workers >= 1, "scaling.num_workers: must be >= 1"),
+            (self.scaling.placement_strategy in PLACEMENT_STRATEGIES,
+             f"scaling.placement_strategy: {self.scaling.placement_strategy!r} is not one of "
+             f"{', '.join(PLACEMENT_STRATEGIES)}"),
+            (isinstance(self.scaling.num_workers, int) or len(self.scaling.num_workers) == 2,
+             f"scaling.num_workers: a count or [min, max], got {self.scaling.num_workers}"),
+            (1 <= self.scaling.min_workers <= self.scaling.max_workers,
+             f"scaling.num_workers: must be >= 1 (a range: 1 <= min <= max), got {self.scaling.num_workers}"),
             (self.deepspeed.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage: must be 0, 1, 2 or 3"),
-            (self.deepspeed.enabled or self.scaling.num_workers == 1,
+            (self.deepspeed.enabled or self.scaling.max_workers == 1,
              "deepspeed.enabled: false runs one worker only; set scaling.num_workers=1 or enable DeepSpeed"),
             (self.optim.grad_accum >= 1, "optim.grad_accum: must be >= 1"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps: must be >= 0"),
@@ -282,7 +308,12 @@ class InferenceOptions:
     batch_size: int = 8  # utterances per model call
     max_new_tokens: int = 96  # generation budget for transcript and descriptor
     num_beams: int = 1  # beam search width (1 = greedy)
-    actors: int | None = None  # model replicas; None = one per GPU, or up to 2 on CPUs
+    actors: int | None = None  # model replicas; None = one per GPU free now, or up to 2 on CPUs
+    # What each replica asks Ray for. None = 1 GPU when a GPU is free now, else 0. Give them explicitly on an
+    # autoscaling cluster: the pool then asks for what the autoscaler can add, not what exists now.
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float = 1.0
+    group_window: int = 16  # batches' worth of inputs sorted by length together (1 = arrival order)
     labels: tuple[str, ...] | None = None  # score over these of the model's labels only; None = all
     latents: bool = False  # keep pooled Z_con / Z_des per utterance (the report's projections)
     listening: bool = False  # the listening check per utterance (needs reference fields)
@@ -291,7 +322,11 @@ class InferenceOptions:
         checks = [(self.batch_size >= 1, f"batch_size: must be >= 1 (got {self.batch_size})"),
                   (self.max_new_tokens >= 1, f"max_new_tokens: must be >= 1 (got {self.max_new_tokens})"),
                   (self.num_beams >= 1, f"num_beams: must be >= 1 (got {self.num_beams})"),
-                  (self.actors is None or self.actors >= 1, f"actors: must be >= 1 (got {self.actors})")]
+                  (self.actors is None or self.actors >= 1, f"actors: must be >= 1 (got {self.actors})"),
+                  (self.gpus_per_actor is None or self.gpus_per_actor >= 0,
+                   f"gpus_per_actor: must be >= 0 (got {self.gpus_per_actor})"),
+                  (self.cpus_per_actor > 0, f"cpus_per_actor: must be > 0 (got {self.cpus_per_actor})"),
+                  (self.group_window >= 1, f"group_window: must be >= 1 (got {self.group_window})")]
         return [message for ok, message in checks if not ok]
 
 
@@ -320,6 +355,11 @@ def _coerce(value: Any, tp, key: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{key}: expected a mapping, got {value!r}")
         return build(tp, value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(tp) or (Any, Any)
+        return {_coerce(k, key_type, f"{key} (a key)"): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{key}: expected a list, got {value!r}")

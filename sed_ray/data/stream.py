@@ -182,13 +182,14 @@ def ray_dataset(shard_dir: str | Path, split: str | None, config: StreamConfig):
                                batch_format="pyarrow", zero_copy_batch=True)
 
 
-def data_config(split_datasets: Iterable[str] = ("train",)):
+def data_config(split_datasets: Iterable[str] = ("train",), ingest_labels: dict[str, str] | None = None):
     """Ray Train DataConfig: split the named datasets across ranks into equal numbers of batch rows,
-    preserving order so the split is deterministic."""
+    preserving order so the split is deterministic; with `ingest_labels`, every ingest task runs on nodes
+    carrying those labels."""
     import ray.train
     from ray.data import ExecutionOptions
 
-    options = ExecutionOptions(preserve_order=True)
+    options = ExecutionOptions(preserve_order=True, label_selector=dict(ingest_labels) if ingest_labels else None)
     return ray.train.DataConfig(datasets_to_split=list(split_datasets), execution_options=options)
 
 

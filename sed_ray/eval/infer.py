@@ -94,7 +94,29 @@ class Predictor:
 
     def __call__(self, batch: dict) -> dict:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        good = [r for r in rows if not failed(r)]
+        return self._columns(rows, self._predict_or_split([r for r in rows if not failed(r)]))
+
+    def _predict_or_split(self, good: list[dict]) -> dict[str, dict]:
+        """Predictions by id. If the model fails on a batch (out of memory, a row it cannot take), each row
+        is tried alone, and a row that still fails gets an error record: a bad batch costs only its bad rows."""
+        try:
+            return self._predict(good)
+        except Exception as exc:
+            self._release_memory()
+            if len(good) == 1:
+                return {good[0]["id"]: {"error": f"prediction failed: {type(exc).__name__}: {exc}"}}
+            results: dict[str, dict] = {}
+            for row in good:
+                results |= self._predict_or_split([row])
+            return results
+
+    def _release_memory(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _predict(self, good: list[dict]) -> dict[str, dict]:
         results: dict[str, dict] = {}
         if good:
             options = self.options
@@ -108,7 +130,7 @@ class Predictor:
             results = {r["id"]: p for r, p in zip(good, predictions)}
             if options.listening:
                 self._listening_check(good, tensors, results)
-        return self._columns(rows, results)
+        return results
 
     @staticmethod
     def _columns(rows: list[dict], results: dict[str, dict]) -> dict[str, list]:
@@ -116,8 +138,9 @@ class Predictor:
                                                 *LISTENING_BY_FIELD)}
         for r in rows:
             p = results.get(r["id"], {})
-            for key in ("id", "source", *META, "error"):
+            for key in ("id", "source", *META):
                 out[key].append(r.get(key))
+            out["error"].append(p.get("error") or r.get("error"))
             for key, source in PREDICTED.items():
                 value = p.get(source)
                 out[key].append(json.dumps(value) if key == "posterior" and value is not None else value)
@@ -170,25 +193,52 @@ def run_inference(checkpoint: str, inputs: str | os.PathLike, options: Inference
     if kind == "shards":
         from ray.data.expressions import col
 
-        from sed_ray.data.stream import shard_files
+        from sed_ray.data.stream import shard_dataset, shard_files
 
         fs, files = arrow_paths(shard_files(inputs))
         dataset = ray.data.read_parquet(files, columns=["id", "pcm", "num_samples", "source", *META], filesystem=fs)
         for key, value in (where or {}).items():
             dataset = dataset.filter(expr=col(key) == value)
         dataset = dataset.map(lambda r: {**r, "error": ""})
+        listing = shard_dataset(inputs).to_table(columns=["id", *(where or {})]).to_pylist()
+        order = [r["id"] for r in listing if all(r.get(k) == v for k, v in (where or {}).items())]
     else:
         rows = [r for r in rows if all(r.get(k) == v for k, v in (where or {}).items())]
         if not rows:
             raise ValueError(f"no input rows in {inputs}")
         dataset = ray.data.from_items(rows).map(decode_row)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    pool = options.actors or max(1, int(gpus) if gpus else min(2, int(ray.cluster_resources().get("CPU", 1)) // 2 or 1))
+        order = [r["id"] for r in rows]
+    actors, gpus, cpus = actor_pool(options, ray.available_resources())
+    window = options.batch_size * options.group_window
+    if options.group_window > 1:  # similar lengths in a batch: one long clip no longer pads a whole batch
+        dataset = dataset.map_batches(sort_by_length, batch_size=window, batch_format="pyarrow")
     predictions = dataset.map_batches(
         Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "options": options},
-        batch_size=options.batch_size, concurrency=pool, num_gpus=1 if gpus else 0, num_cpus=1, batch_format="default")
+        batch_size=options.batch_size, concurrency=actors, num_gpus=gpus, num_cpus=cpus, batch_format="default")
     predictions.context.execution_options.preserve_order = True
-    return [dict(r) for r in predictions.iter_rows()]
+    position = {key: i for i, key in reversed(list(enumerate(order)))}
+    return sorted((dict(r) for r in predictions.iter_rows()), key=lambda r: position.get(r["id"], len(position)))
+
+
+def actor_pool(options: InferenceOptions, available: dict[str, float]) -> tuple[int, float, float]:
+    """(replicas, GPUs each, CPUs each). Explicit options are asked for as they are (an autoscaler adds the
+    nodes); otherwise one replica per GPU free now (never the GPUs a training job holds), or up to 2 on CPUs."""
+    gpus = options.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if available.get("GPU", 0) >= 1 else 0.0
+    if options.actors:
+        return options.actors, gpus, options.cpus_per_actor
+    if gpus:
+        return max(1, int(available.get("GPU", 0) // gpus)), gpus, options.cpus_per_actor
+    free = int(available.get("CPU", 1) // options.cpus_per_actor)
+    return max(1, min(2, free // 2 or 1)), 0.0, options.cpus_per_actor
+
+
+def sort_by_length(window):
+    """A window of inputs reordered by length (failed decodes first: they cost no model time)."""
+    import pyarrow.compute as pc
+
+    return window.take(pc.sort_indices(window, sort_keys=[("num_samples", "ascending")]))
 
 
 def write_predictions(records: list[dict], out: str | os.PathLike) -> tuple[Path, Path]:

@@ -32,7 +32,8 @@ class TrainPosition:
     stage: str = ""
     round: int = 0
     epoch: int = 0
-    batches_in_epoch: int = 0  # batches of `epoch` already consumed
+    batches_in_epoch: int = 0  # batches of `epoch` already consumed, per rank
+    world_size: int = 0  # ranks that consumed them (0: not recorded, an older checkpoint)
     beta: float = 0.0
     lr: float = 0.0
     optimizer_step: int = 0  # the optimiser's own step count within the stage

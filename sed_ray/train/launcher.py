@@ -31,10 +31,11 @@ def stream_config(config: TrainConfig, shuffle: bool) -> StreamConfig:
 
 
 def run_needs(config: TrainConfig) -> tuple[float, float]:
-    """(CPUs, GPUs) one training run occupies: its workers' and one CPU for Ray Data's ingest tasks."""
+    """(CPUs, GPUs) one training run occupies at its smallest (an elastic run's minimum): its workers' and one
+    CPU for Ray Data's ingest tasks."""
     scaling = config.scaling
-    cpus = scaling.num_workers * scaling.cpus_per_worker + 1
-    return cpus, scaling.num_workers * scaling.gpus_per_worker if scaling.use_gpu else 0.0
+    cpus = scaling.min_workers * scaling.cpus_per_worker + 1
+    return cpus, scaling.min_workers * scaling.gpus_per_worker if scaling.use_gpu else 0.0
 
 
 def check_resources(config: TrainConfig, cluster: dict[str, float]) -> None:
@@ -109,15 +110,24 @@ def trainer_for(config: TrainConfig, callbacks: list | None = None):
         ray_train_loop,
         train_loop_config={"config": config.to_dict(), "draft_bank": draft_bank_for(config)},
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=_ray_workers(scaling.num_workers), use_gpu=scaling.use_gpu,
+                                               placement_strategy=scaling.placement_strategy,
+                                               label_selector=dict(scaling.worker_labels) or None,
                                                resources_per_worker=resources),
         datasets=datasets,
-        dataset_config=data_config(list(datasets)),
+        dataset_config=data_config(list(datasets), data.ingest_labels),
         run_config=ray.train.RunConfig(
             name=config.name, storage_path=uri(config.storage), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoint.keep)),
     )
+
+
+def _ray_workers(count: int | tuple[int, int]) -> int | tuple[int, int]:
+    """Ray Train takes a fixed count or a (min, max) tuple; a range of one value is a fixed count."""
+    if isinstance(count, int) or count[0] == count[1]:
+        return count if isinstance(count, int) else count[0]
+    return (int(count[0]), int(count[1]))
 
 
 def launch(config: TrainConfig):
@@ -130,7 +140,7 @@ def launch(config: TrainConfig):
     # A private local instance gets logical CPUs for the workers plus room for Ray Data's read and
     # bucketing tasks: with only the workers' share, the ingest pipeline would starve (it hangs).
     scaling = config.scaling
-    ensure_ray(num_cpus=max(os.cpu_count() or 1, int(scaling.num_workers * scaling.cpus_per_worker) + 2))
+    ensure_ray(num_cpus=max(os.cpu_count() or 1, int(scaling.max_workers * scaling.cpus_per_worker) + 2))
     if scaling.check_resources:
         check_resources(config, ray.cluster_resources())
     config = resolve_base(fixed_paths(config, alive_nodes()))

@@ -50,6 +50,15 @@ class EpochStream:
         return batch
 
 
+def batches_to_skip(position: TrainPosition, world_size: int) -> int:
+    """Per-rank batches of the current epoch to skip on resume. A run resumed on another number of workers
+    (an elastic resize, a relaunch with other scaling) skips the epoch's batches the old group consumed,
+    divided over the new one."""
+    if not position.world_size or position.world_size == world_size:
+        return position.batches_in_epoch
+    return position.batches_in_epoch * position.world_size // world_size
+
+
 def validate(model, context: TrainContext, task: str, config: TrainConfig) -> dict:
     """Loss parts on the valid split; in a task with an emotion, UA/WA from label scoring after the
     model's own transcript and descriptor. Summed over ranks."""
@@ -130,11 +139,12 @@ class WorkerRun:
             self.optimizer_tensors = read_optimizer_state(folder)
             p = self.position
             self.tracker.log({"event": "resumed", "step": p.step, "stage": p.stage, "round": p.round, "beta": p.beta,
-                              "epoch": p.epoch, "batches_in_epoch": p.batches_in_epoch})
+                              "epoch": p.epoch, "batches_in_epoch": p.batches_in_epoch,
+                              "world_size_before": p.world_size, "world_size": self.context.world_size})
             self.tracker.console(f"[train] resumed at step {p.step} ({p.stage}, round {p.round}, beta {p.beta:.3g})")
         torch.manual_seed(self.config.seed + 1000 * self.context.rank + self.position.step)  # noise per rank
         self.stream = EpochStream(self.context, self.config.data.train_split, self.position.epoch,
-                                  self.position.batches_in_epoch)
+                                  batches_to_skip(self.position, self.context.world_size))
 
     def enter_stage(self, where: Position) -> None:
         """A fresh optimiser (and engine) for the stage `where` falls in; mid-stage after a resume, with the
@@ -169,6 +179,7 @@ class WorkerRun:
         p.step += 1
         p.stage_index, p.stage, p.round = where.index, where.stage.name, where.round
         p.epoch, p.batches_in_epoch, p.beta, p.lr = self.stream.epoch, self.stream.batches_in_epoch, beta, lr
+        p.world_size = self.context.world_size
 
     def log(self, where: Position) -> None:
         step = self.position.step

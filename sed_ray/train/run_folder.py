@@ -15,7 +15,7 @@ RUN_CONFIG = "config.json"  # in the run folder: the resolved config of its late
 
 # What a relaunch may change and still resume: how many workers, how often to checkpoint, log and
 # validate, how DeepSpeed shards the state. Everything else decides what is trained and how.
-RESUMABLE = ("scaling", "checkpoint", "logging", "validation", "deepspeed", "max_failures")
+RESUMABLE = ("scaling", "checkpoint", "logging", "validation", "deepspeed", "max_failures", "data.ingest_labels")
 
 
 def _flatten(value, prefix: str = "") -> dict:
@@ -29,7 +29,11 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
     one side knows (a config written by another sed-ray version) are not compared."""
     old, new = _flatten(saved), _flatten(current)
     return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in sorted(old.keys() & new.keys())
-            if key.split(".")[0] not in RESUMABLE + ("name", "storage") and old[key] != new[key]]
+            if not _may_change(key) and old[key] != new[key]]
+
+
+def _may_change(key: str) -> bool:
+    return any(key == part or key.startswith(part + ".") for part in RESUMABLE + ("name", "storage"))
 
 
 def check_resumable(config: TrainConfig, has_checkpoint: bool) -> None:

@@ -104,10 +104,11 @@ def test_infer_reports_broken_files_and_predicts_the_rest(s3_checkpoint, s3, tmp
     (folder / "cut.wav").write_bytes(full[: len(full) // 3])
     out = location(f"{s3}/infer")
     assert main(["infer", "--checkpoint", s3_checkpoint, "--input", str(folder), "--out", str(out),
-                 "--max-new-tokens", "16", "--num-beams", "2"]) == 0
+                 "--max-new-tokens", "16", "--num-beams", "2", "--actors", "1", "--gpus-per-actor", "0"]) == 0
     fs, inside = arrow(out / "predictions.parquet")
     predictions = pq.read_table(inside, filesystem=fs).to_pylist()
-    assert sorted(p["id"] for p in predictions) == ["nested/two", "one", "three"]
+    # in input order, although each window of inputs ran sorted by length (0.9 s, 1.0 s, 1.2 s)
+    assert [p["id"] for p in predictions] == ["nested/two", "one", "three"]
     for p in predictions:
         posterior = json.loads(p["posterior"])
         assert p["emotion_pred"] == max(posterior, key=posterior.get)
@@ -178,3 +179,29 @@ def test_leave_one_session_out_with_ground_truth_descriptors(tiny_checkpoint, tm
     assert metrics["n"]["emotion"] == 5 and metrics["descriptors"] == "ground-truth"
     sessions = {p["session"] for p in pq.read_table(out / "predictions.parquet").to_pylist()}
     assert sessions == {"Session1", "Session2"}
+
+
+def test_a_batch_the_model_fails_on_costs_only_its_bad_rows(tiny_checkpoint, synth_shards):
+    """The predictor itself (no Ray): one row whose audio passed decoding but cannot be collated (an odd
+    number of PCM bytes, as in a damaged shard) fails the batch; the batch is retried row by row and only
+    that row becomes an error record."""
+    from sed_ray.config import InferenceOptions
+    from sed_ray.eval.infer import Predictor, failed, sort_by_length
+    from sed_ray.model.weights import model_folder
+
+    table = pq.read_table(sorted((synth_shards / "shards").glob("*.parquet"))[0],
+                          columns=["id", "pcm", "num_samples", "source", "split"]).slice(0, 4)
+    rows = table.to_pylist()
+    rows[2]["pcm"] = rows[2]["pcm"][:-1]
+    batch = {key: [r.get(key) for r in rows] for key in ("id", "pcm", "num_samples", "source")}
+    batch["error"] = [""] * len(rows)
+    out = Predictor(str(model_folder(tiny_checkpoint)), InferenceOptions(max_new_tokens=4))(batch)
+    records = [dict(zip(out, values)) for values in zip(*out.values())]
+    assert [r["id"] for r in records] == [r["id"] for r in rows]
+    assert [failed(r) for r in records] == [False, False, True, False]
+    assert records[2]["error"].startswith("prediction failed: ValueError")
+    assert all(r["emotion_pred"] for i, r in enumerate(records) if i != 2)
+
+    # length grouping reorders a window by length; inference restores the input order afterwards
+    sorted_window = sort_by_length(table).column("num_samples").to_pylist()
+    assert sorted_window == sorted(table.column("num_samples").to_pylist())

@@ -100,8 +100,11 @@ def test_two_workers_zero2_both_stages_and_checkpoint_scores(synth_shards, tmp_p
 
 
 def test_killed_worker_resumes_from_last_checkpoint(synth_shards, tmp_path, ray_cluster):
-    """SIGKILL one worker process mid-stage-2; the group restarts and finishes at the final step."""
-    config = _config(synth_shards, tmp_path, "faulty", stage1=4, stage2=8, max_failures=2)
+    """SIGKILL one worker process mid-stage-2; the group restarts and finishes at the final step. The run is
+    elastic (scaling.num_workers=[1, 2]): Ray Train starts it with the 2 workers the cluster holds."""
+    config = _config(synth_shards, tmp_path, "faulty", stage1=4, stage2=8, max_failures=2,
+                     **{"scaling.num_workers": "[1, 2]"})
+    assert config.scaling.num_workers == (1, 2)
     run_dir = tmp_path / "faulty"
     killed: dict = {}
 
@@ -157,10 +160,12 @@ def test_relaunch_with_same_name_continues_from_object_storage(s3_shards, s3, ra
     assert first < 10
     time.sleep(2)  # let Ray notice the dead driver and release its workers
 
-    launch(load_config(TINY, args))
+    # relaunched on another number of workers: checkpoints do not depend on it
+    launch(load_config(TINY, [*args, "scaling.num_workers=1"]))
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     resumed = [m for m in metrics if m.get("event") == "resumed"]
     assert resumed and resumed[-1]["step"] >= first
+    assert (resumed[-1]["world_size_before"], resumed[-1]["world_size"]) == (2, 1)
     assert max(m["step"] for m in metrics if "loss" in m) == 10
     assert max(_checkpoints(run_dir)) == 10
     assert (run_dir / "base" / "model_config.json").exists()  # the tiny base was built into the bucket

@@ -85,3 +85,20 @@ def test_resume_conflicts_name_what_changed_and_allow_operational_changes():
     # a key only one side has (a config saved by another version) is not a conflict
     older = {k: v for k, v in saved.items() if k != "beta"}
     assert resume_conflicts(older, saved) == []
+
+
+def test_num_workers_takes_a_count_or_an_elastic_range():
+    from sed_ray.config import load_config
+    from sed_ray.train.checkpoint import TrainPosition
+    from sed_ray.train.loop import batches_to_skip
+
+    config = load_config(None, ["scaling.num_workers=[2, 4]"])
+    assert config.scaling.num_workers == (2, 4) and (config.scaling.min_workers, config.scaling.max_workers) == (2, 4)
+    assert not config.problems()
+    for bad in ("[4, 2]", "[0, 2]", "[1, 2, 3]", "[]", "0"):
+        problems = load_config(None, [f"scaling.num_workers={bad}"]).problems()
+        assert any(p.startswith("scaling.num_workers:") for p in problems), (bad, problems)
+    # a resume on another number of workers skips the batches the old group consumed, divided over the new one
+    assert batches_to_skip(TrainPosition(batches_in_epoch=6, world_size=2), 2) == 6
+    assert batches_to_skip(TrainPosition(batches_in_epoch=6, world_size=2), 3) == 4
+    assert batches_to_skip(TrainPosition(batches_in_epoch=6, world_size=0), 3) == 6  # an older checkpoint

@@ -90,6 +90,21 @@ def test_kubernetes_manifests_validate(path):
             assert spec["shutdownAfterJobFinishes"] is True
             entry = spec["entrypoint"]
             assert re.search(r"jobs/(train|tune)\.py", entry) and "storage=s3://" in entry and "data.shards=s3://" in entry
+            _check_entrypoint(entry)
+
+
+def _check_entrypoint(entry: str) -> None:
+    """The job's command line parses, and its config (the image's copy is this repository's) is valid."""
+    import shlex
+
+    from sed_ray.config import load_config
+
+    argv = shlex.split(entry)
+    config_path = argv[argv.index("--config") + 1].replace("/home/ray/sed-ray", str(ROOT))
+    overrides = [a for a in argv[2:] if "=" in a and not a.startswith("-")]
+    config = load_config(config_path, overrides)
+    assert not config.problems(), config.problems()
+    assert config.data.ingest_labels == {"group": "cpu"}
 
 
 def test_docker_image_uses_the_pinned_ray_and_the_projects_pins():
