@@ -194,14 +194,6 @@ def arrow_paths(places: list) -> tuple[pafs.FileSystem | None, list[str]]:
     return pairs[0][0], [p for _fs, p in pairs]
 
 
-def rmtree(where) -> None:
-    place = location(where)
-    if isinstance(place, RemotePath):
-        place.rmtree()
-    elif place.exists():
-        shutil.rmtree(place)
-
-
 def upload_folder(local_dir: str | os.PathLike, where, last: tuple[str, ...] = ()) -> None:
     """Copy a local folder's files to `where`; the files named in `last` go after all others, so a reader
     that waits for them (a summary, a metrics file) finds everything else already there."""
