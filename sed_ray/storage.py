@@ -214,25 +214,21 @@ _COPIES: list[str] = []
 
 
 def local_copy(where) -> Path:
-    """A local folder (or file) holding what `where` holds: local paths as they are, object-store folders
-    downloaded once per process into a temporary folder removed at exit."""
+    """A local folder (or file) holding what `where` holds: local paths as they are, object-store ones
+    downloaded into a fresh temporary folder, removed at exit (`pretrained_source` caches per process)."""
     place = location(where)
     if not isinstance(place, RemotePath):
         return place
+    kind = place._info().type
+    if kind == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{place}: nothing there")
     target = Path(tempfile.mkdtemp(prefix="sed-ray-copy-")) / (place.name or place.bucket)
     if not _COPIES:
         atexit.register(lambda: [shutil.rmtree(Path(p).parent, ignore_errors=True) for p in _COPIES])
     _COPIES.append(str(target))
-    info = place._info()
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"{place}: nothing there")
-    if info.type == pafs.FileType.File:
-        pafs.copy_files(place._path, str(target), source_filesystem=place.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
-    else:
+    if kind == pafs.FileType.Directory:
         target.mkdir(parents=True)
-        pafs.copy_files(place._path, str(target), source_filesystem=place.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+    pafs.copy_files(place._path, str(target), source_filesystem=place.fs, destination_filesystem=pafs.LocalFileSystem())
     return target
 
 
