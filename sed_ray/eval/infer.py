@@ -20,7 +20,7 @@ from sed_ray.data.collate import collate_rows
 from sed_ray.files import atomic_write, atomic_write_text
 from sed_ray.model.prompt import FIELD_TITLES, TASKS as TASKS_NAMES, get_task
 from sed_ray.model.speech_llm import DESCRIPTOR_SOURCES
-from sed_ray.storage import arrow_paths, is_remote, location
+from sed_ray.storage import is_remote, location
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3"} | CONTAINER_SUFFIXES
 META = ("text", "emotion", "descriptor", "speaker", "session", "split")
@@ -193,10 +193,9 @@ def run_inference(checkpoint: str, inputs: str | os.PathLike, options: Inference
     if kind == "shards":
         from ray.data.expressions import col
 
-        from sed_ray.data.stream import shard_dataset, shard_files
+        from sed_ray.data.stream import read_shards, shard_dataset
 
-        fs, files = arrow_paths(shard_files(inputs))
-        dataset = ray.data.read_parquet(files, columns=["id", "pcm", "num_samples", "source", *META], filesystem=fs)
+        dataset = read_shards(inputs, ["id", "pcm", "num_samples", "source", *META])
         for key, value in (where or {}).items():
             dataset = dataset.filter(expr=col(key) == value)
         dataset = dataset.map(lambda r: {**r, "error": ""})
