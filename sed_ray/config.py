@@ -174,7 +174,19 @@ class ScalingSection:
     gpus_per_worker: float = 1.0  # used when use_gpu
     placement_strategy: str = "PACK"  # Ray's placement of the workers: PACK (fewest nodes) or SPREAD (across nodes)
     worker_labels: dict[str, str] = field(default_factory=dict)  # node labels the workers must run on ({} = any)
-    check_resources: bool = True  # refuse to start when the cluster cannot give the workers; turn off on autoscaling clusters
+    # custom Ray resources each worker also takes, e.g. {"accelerator_type:H100": 0.001}. An elastic run that
+    # pins its workers with worker_labels needs one too: Ray Train 2.60 counts how many workers fit from
+    # resources alone, so nodes outside the labels would count and the group would wait for them forever
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    # an elastic run checks this often whether the cluster now holds more workers (nodes added, say by the
+    # autoscaler), and if so restarts the group larger from its latest checkpoint (Ray Train's
+    # elastic_resize_monitor_interval_s)
+    resize_check_s: float = 60.0
+    # refuse to start when no node the cluster has or can add holds the workers (train/capacity.py)
+    check_resources: bool = True
+    # the node groups an autoscaler may add: a cluster-launcher YAML or a KubeRay RayCluster/RayJob manifest
+    # (None: the launcher's ~/ray_bootstrap_config.yaml when it exists, else only the nodes there are now)
+    node_types: str | None = None
 
     @property
     def min_workers(self) -> int:
@@ -262,6 +274,7 @@ class TrainConfig:
             (self.scaling.placement_strategy in PLACEMENT_STRATEGIES,
              f"scaling.placement_strategy: {self.scaling.placement_strategy!r} is not one of "
              f"{', '.join(PLACEMENT_STRATEGIES)}"),
+            (self.scaling.resize_check_s >= 0, f"scaling.resize_check_s: must be >= 0, got {self.scaling.resize_check_s}"),
             (isinstance(self.scaling.num_workers, int) or len(self.scaling.num_workers) == 2,
              f"scaling.num_workers: a count or [min, max], got {self.scaling.num_workers}"),
             (1 <= self.scaling.min_workers <= self.scaling.max_workers,

@@ -127,7 +127,8 @@ def cluster_shape(scaling: ScalingSection) -> ClusterShape | None:
 
 # --- how many workers fit ----------------------------------------------------------------------------------
 def worker_bundle(scaling: ScalingSection) -> dict[str, float]:
-    return {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
+    return ({"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
+            | dict(scaling.worker_resources))
 
 
 def most_workers(shape: ClusterShape, scaling: ScalingSection) -> int | None:

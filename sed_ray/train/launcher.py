@@ -18,6 +18,7 @@ from sed_ray.data.collate import Collate
 from sed_ray.data.reads import descriptor_bank
 from sed_ray.data.stream import StreamConfig
 from sed_ray.storage import is_relative, uri
+from sed_ray.train.capacity import ClusterShape, cluster_shape, describe, most_cpus, most_workers, nodes_now, worker_bundle
 from sed_ray.train.plan import validate
 from sed_ray.train.run_folder import start_run_dir
 from sed_ray.train.stages import schedule_for
@@ -38,20 +39,42 @@ def run_needs(config: TrainConfig) -> tuple[float, float]:
     return cpus, scaling.min_workers * scaling.gpus_per_worker if scaling.use_gpu else 0.0
 
 
-def check_resources(config: TrainConfig, cluster: dict[str, float]) -> None:
-    """Refuse a run the cluster cannot place (Ray would otherwise wait for resources forever)."""
-    scaling = config.scaling
-    need_cpu, need_gpu = run_needs(config)
+def check_resources(config: TrainConfig, nodes: list[dict], shape: ClusterShape | None) -> str:
+    """Refuse a run no node the cluster has or can add will ever place (Ray would wait for it forever),
+    naming the keys; `nodes` as `ray.nodes()` lists them, `shape` the node types an autoscaler may add
+    (`capacity.cluster_shape`). Returns a line to show when the run must wait for the autoscaler."""
+    scaling, now = config.scaling, nodes_now(nodes)
+    ever = shape or now
+    fits_now, fits_ever = most_workers(now, scaling), most_workers(ever, scaling)
+    if fits_ever is None:  # a group's size is known only once its first node starts: nothing to refuse on
+        return ""
+    fits_ever = max(fits_ever, fits_now or 0)
     problems = []
-    if need_cpu > cluster.get("CPU", 0):
+    size = ", ".join(f"{k} {v:g}" for k, v in worker_bundle(scaling).items())
+    keys = "scaling.cpus_per_worker" + (", scaling.gpus_per_worker" if scaling.use_gpu else "")
+    if scaling.min_workers > fits_ever:
+        on = f" on nodes labelled {dict(scaling.worker_labels)} (scaling.worker_labels)" if scaling.worker_labels else ""
+        problems.append(f"scaling.num_workers={scaling.num_workers} needs {scaling.min_workers} worker(s) of {{{size}}} "
+                        f"({keys}){on}, placed {scaling.placement_strategy} (scaling.placement_strategy); "
+                        f"at most {fits_ever} fit on {ever.source}: {describe(ever)}")
+    cpus = [c for c in (most_cpus(now, {}), most_cpus(ever, {})) if c is not None]
+    need_cpus = run_needs(config)[0]
+    if cpus and need_cpus > max(cpus) and not problems:
         problems.append(f"scaling.num_workers={scaling.num_workers} x scaling.cpus_per_worker={scaling.cpus_per_worker} "
-                        f"needs {need_cpu - 1:g} CPUs plus 1 for data ingest; the cluster has {cluster.get('CPU', 0):g}")
-    if need_gpu > cluster.get("GPU", 0):
-        problems.append(f"scaling.num_workers={scaling.num_workers} x scaling.gpus_per_worker={scaling.gpus_per_worker} "
-                        f"needs {need_gpu:g} GPUs; the cluster has {cluster.get('GPU', 0):g}")
+                        f"needs {need_cpus - 1:g} CPUs plus 1 for data ingest; at most {max(cpus):g} on {ever.source}")
+    ingest = config.data.ingest_labels
+    if ingest and not most_cpus(ever, dict(ingest)) and not most_cpus(now, dict(ingest)):
+        problems.append(f"data.ingest_labels={dict(ingest)}: no node with a CPU carries these labels on {ever.source}: "
+                        f"{describe(ever)}")
     if problems:
-        raise ValueError("the cluster cannot run this config:\n  - " + "\n  - ".join(problems) +
-                         "\n  lower scaling.num_workers, or set scaling.check_resources=false on an autoscaling cluster")
+        raise ValueError("the cluster can never run this config (nothing was started):\n  - " + "\n  - ".join(problems) +
+                         "\n  lower the sizes named above; on an autoscaling cluster whose node groups are not "
+                         "known here, name them with scaling.node_types=<cluster-launcher YAML or KubeRay manifest> "
+                         "or set scaling.check_resources=false")
+    if fits_now is not None and scaling.min_workers > fits_now:
+        return (f"[train] {fits_now} of the {scaling.min_workers} workers fit on the nodes there are now: waiting "
+                f"for the autoscaler to add nodes ({ever.source}: {describe(ever)})")
+    return ""
 
 
 def fixed_paths(config: TrainConfig, nodes: int = 1) -> TrainConfig:
@@ -105,7 +128,6 @@ def trainer_for(config: TrainConfig, callbacks: list | None = None):
     scaling, data = config.scaling, config.data
     datasets = {data.train_split: ray_dataset(data.shards, data.train_split, stream_config(config, shuffle=True)),
                 data.valid_split: ray_dataset(data.shards, data.valid_split, stream_config(config, shuffle=False))}
-    resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
     return TorchTrainer(
         ray_train_loop,
         train_loop_config={"config": config.to_dict(), "draft_bank": draft_bank_for(config)},
@@ -113,7 +135,8 @@ def trainer_for(config: TrainConfig, callbacks: list | None = None):
         scaling_config=ray.train.ScalingConfig(num_workers=_ray_workers(scaling.num_workers), use_gpu=scaling.use_gpu,
                                                placement_strategy=scaling.placement_strategy,
                                                label_selector=dict(scaling.worker_labels) or None,
-                                               resources_per_worker=resources),
+                                               elastic_resize_monitor_interval_s=scaling.resize_check_s,
+                                               resources_per_worker=worker_bundle(scaling)),
         datasets=datasets,
         dataset_config=data_config(list(datasets), data.ingest_labels),
         run_config=ray.train.RunConfig(
@@ -142,7 +165,9 @@ def launch(config: TrainConfig):
     scaling = config.scaling
     ensure_ray(num_cpus=max(os.cpu_count() or 1, int(scaling.max_workers * scaling.cpus_per_worker) + 2))
     if scaling.check_resources:
-        check_resources(config, ray.cluster_resources())
+        waiting = check_resources(config, ray.nodes(), cluster_shape(scaling))
+        if waiting:
+            print(waiting, flush=True)
     config = resolve_base(fixed_paths(config, alive_nodes()))
     start_run_dir(config, any(config.run_dir.glob("checkpoint_step*")))
     return trainer_for(config).fit()

@@ -17,7 +17,8 @@ from pathlib import Path
 from sed_ray.base.tiny import fixed_base
 from sed_ray.config import TrainConfig, build
 from sed_ray.storage import RemotePath, location
-from sed_ray.train.launcher import alive_nodes, fixed_paths, run_needs
+from sed_ray.train.capacity import cluster_shape
+from sed_ray.train.launcher import alive_nodes, check_resources, fixed_paths, run_needs
 from sed_ray.train.plan import validate, validation_reports
 from sed_ray.train.run_folder import start_run_dir
 from sed_ray.tune.space import check_space, distribution, grid_size, trial_config
@@ -130,11 +131,15 @@ def run_search(config: TrainConfig, name: str, log=print, cells: dict[str, dict]
     ensure_ray()
     config = fixed_paths(config, alive_nodes())
     at_once = trials_at_once(config, ray.cluster_resources())
-    if at_once == 0 and config.scaling.check_resources:
+    shape = cluster_shape(config.scaling) if config.scaling.check_resources else None
+    if at_once == 0 and config.scaling.check_resources and shape is None:
         raise ValueError(f"the cluster cannot hold one trial: scaling.num_workers={config.scaling.num_workers} x "
                          f"scaling.cpus_per_worker={config.scaling.cpus_per_worker}, plus {DRIVER_CPUS:g} CPU for the "
                          f"trial's driver and 1 for its data ingest; the cluster has {ray.cluster_resources()}. Lower "
-                         "scaling.num_workers, or set scaling.check_resources=false on an autoscaling cluster")
+                         "scaling.num_workers; on an autoscaling cluster name its node groups with "
+                         "scaling.node_types=<cluster-launcher YAML or KubeRay manifest>, or set scaling.check_resources=false")
+    if at_once == 0 and shape is not None:  # refused if the node groups can never hold it, else trials wait for them
+        log(check_resources(config, ray.nodes(), shape) or "[tune] no trial fits now: trials wait for the autoscaler")
     folder = search_dir(config, name)
     _record_or_match(folder, config, name)
     shared = replace(config, model=replace(config.model, tiny_base_dir=config.model.tiny_base_dir or str(folder / "base")))
