@@ -96,8 +96,10 @@ class LocalNodes:
         except ProcessLookupError:
             pass
         node.wait()
+        if node in self.nodes:
+            self.nodes.remove(node)  # gone on purpose: not "a node that exited while starting"
 
     def stop(self) -> None:
-        for node in reversed(self.nodes):
+        for node in reversed(list(self.nodes)):
             self.kill(node)
         subprocess.run(["pkill", "-9", "-f", self.temp_dir], check=False)  # anything left of that session

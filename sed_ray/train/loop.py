@@ -113,6 +113,7 @@ class WorkerRun:
         self.tracker = Tracker(config, context.rank)
         self.position, self.runner, self.runner_index, self.window = TrainPosition(), None, -1, []
         self.saved_weights: dict = {}
+        self.held: dict = {}  # fp32 weights of the trainable groups this stage freezes (see enter_stage)
         self.validation: dict = {}  # this step's validation metrics, until reported
         self.validation_steps = {step for step, _ in validation_reports(config)}  # what a Tune search expects
         self.optimizer_tensors: dict = {}
@@ -151,12 +152,17 @@ class WorkerRun:
         checkpoint's optimiser state."""
         if where.index == self.runner_index:
             return
-        carried = {}
-        if self.runner is not None:  # the finished stage's master weights (fp32 under DeepSpeed's bf16 mode)
-            carried = self.runner.model_state()
+        # Full-precision weights of every trained group: the finished stage's from its masters, the groups it
+        # froze from `held`; after a resume, the checkpoint's. Under DeepSpeed's bf16 mode the module holds
+        # only bf16 copies, so a branch frozen for a stage would otherwise come back (and be saved) rounded.
+        carried = dict(self.saved_weights)
+        if self.runner is not None:
+            carried = {**self.runner.model_state(), **self.held}
             self.runner.close()
         self.runner = StageRunner(self.model, where.stage, self.config, self.context.device)
         self.runner.set_master_weights(carried)
+        frozen = {n for params in self.model.parameter_groups().values() for n, _ in params} - set(self.runner.names)
+        self.held = {name: weight.detach().clone() for name, weight in carried.items() if name in frozen}
         if self.optimizer_tensors and where.index == self.position.stage_index and where.step_in_stage > 0:
             self.runner.restore(self.saved_weights, self.optimizer_tensors, self.position.optimizer_step)
         self.optimizer_tensors, self.saved_weights = {}, {}
@@ -215,7 +221,7 @@ class WorkerRun:
             return
         folder = None
         if due:
-            model_state = self.runner.model_state()
+            model_state = {**self.runner.model_state(), **self.held}  # this stage's masters, the frozen groups' fp32
             optimizer_state, p.optimizer_step = self.runner.optimizer_state()
             if self.context.rank == 0:
                 run_dir = self.config.run_dir  # staged beside the run when local (same disk), else in /tmp

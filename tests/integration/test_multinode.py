@@ -1,6 +1,8 @@
 """Several Ray nodes on this machine, each its own raylet (tests/ray_nodes.py): training workers spread over
-the nodes labelled for training, ingest on the CPU node group, and a whole worker node killed mid-run: the
-run continues from its last checkpoint on the nodes that remain and finishes."""
+the nodes labelled for training, ingest on the CPU node group; a whole worker node killed mid-run (scale
+down: the run continues from its last checkpoint on the node that remains, with one worker) and a new
+training node added (scale up, as an autoscaler replacing a reclaimed node: the elastic run grows back to
+two workers), and the run finishes."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from sed_ray.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
+TRAIN_SLOT = '{"train_slot": 1}'
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +27,9 @@ def nodes():
     cluster = LocalNodes()
     try:
         cluster.head(cpus=1)  # the driver's side: Ray Train's controller
-        train_a = cluster.add(cpus=2, labels="group=train")
-        train_b = cluster.add(cpus=2, labels="group=train")
+        # one worker per training node; the slot resource is what Ray Train's elastic sizing counts
+        train_a = cluster.add(cpus=1, labels="group=train", resources=TRAIN_SLOT)
+        train_b = cluster.add(cpus=1, labels="group=train", resources=TRAIN_SLOT)
         cluster.add(cpus=2, labels="group=cpu")
         yield cluster, train_a, train_b
     finally:
@@ -44,34 +48,52 @@ def _node_groups(cluster: LocalNodes) -> dict[str, str]:
     return {n["node_id"]: n.get("labels", {}).get("group", "head") for n in cluster.alive()}
 
 
+def _watch(cluster: LocalNodes, driver: subprocess.Popen, run_dir: Path, train_b) -> dict:
+    """While the run goes: note where its workers started, kill a training node once a checkpoint exists
+    after step 5, and add a new one once the run has resumed on one worker."""
+    seen: dict = {"groups": [], "nodes": set(), "killed": {}, "added": {}}
+    deadline = time.time() + 600
+    while driver.poll() is None and time.time() < deadline:
+        metrics = read_jsonl(run_dir / "metrics.jsonl")
+        steps = [m["step"] for m in metrics if "loss" in m]
+        if not seen["groups"] and steps:
+            groups = _node_groups(cluster)
+            workers = _state(cluster, "actors", "state=ALIVE", "class_name=RayTrainWorker")
+            seen["groups"] = sorted(groups.get(w["node_id"], "?") for w in workers)
+            seen["nodes"] = {w["node_id"] for w in workers}
+        if not seen["killed"] and steps and max(steps) >= 5 and list(run_dir.glob("checkpoint_step*")):
+            seen["killed"]["after_step"] = max(steps)
+            cluster.kill(train_b)  # the whole node: raylet, object store, agents, the worker on it
+        resumed = [m for m in metrics if m.get("event") == "resumed"]
+        if seen["killed"] and not seen["added"] and resumed and resumed[-1]["world_size"] == 1:
+            seen["added"]["at_step"] = resumed[-1]["step"]
+            cluster.add(cpus=1, labels="group=train", resources=TRAIN_SLOT)  # as an autoscaler replaces a lost node
+        time.sleep(0.2)
+    return seen
+
+
 def test_spread_workers_labelled_ingest_and_a_lost_node(nodes, synth_shards, tmp_path):
     cluster, _train_a, train_b = nodes
     storage = tmp_path / "runs"  # one machine: every node sees the same absolute path, as a shared mount
     args = [f"data.shards={synth_shards}", f"storage={storage}", "name=multinode", "logging.wandb=false",
-            "schedule.stages=[{preset: stage1, steps: 4, lr: 0.003}, {preset: stage2, steps: 8, lr: 0.003}]",
-            "checkpoint.every_steps=2", "checkpoint.keep=20", "logging.every_steps=1", "validation.max_batches=1",
+            "schedule.stages=[{preset: stage1, steps: 4, lr: 0.003}, {preset: stage2, steps: 28, lr: 0.003}]",
+            "checkpoint.every_steps=4", "checkpoint.keep=10", "scaling.resize_check_s=2", "logging.every_steps=1",
+            "validation.max_batches=1",
             "data.batch_seconds=12", "optim.warmup_steps=1", "max_failures=3",
             "scaling.num_workers=[1, 2]", "scaling.placement_strategy=SPREAD",
-            "scaling.worker_labels={group: train}", "data.ingest_labels={group: cpu}"]
+            "scaling.worker_labels={group: train}", "scaling.worker_resources={train_slot: 1}",
+            "data.ingest_labels={group: cpu}"]
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen([sys.executable, "-m", "sed_ray.cli", "train", "--config", str(TINY), *args], cwd=ROOT,
                               env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address}, stdout=log, stderr=log)
     run_dir = storage / "multinode"
-    groups_at_start: list[str] = []
-    killed: dict = {}
-    deadline = time.time() + 600
-    while driver.poll() is None and time.time() < deadline:
-        steps = [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl") if "loss" in m]
-        if not groups_at_start and steps:
-            groups = _node_groups(cluster)
-            workers = _state(cluster, "actors", "state=ALIVE", "class_name=RayTrainWorker")
-            groups_at_start = sorted(groups.get(w["node_id"], "?") for w in workers)
-            nodes_at_start = {w["node_id"] for w in workers}
-        if not killed and steps and max(steps) >= 7 and list(run_dir.glob("checkpoint_step*")):
-            killed["after_step"] = max(steps)
-            cluster.kill(train_b)  # the whole node: raylet, object store, agents, the worker on it
-        time.sleep(0.2)
+    try:
+        seen = _watch(cluster, driver, run_dir, train_b)
+    finally:
+        if driver.poll() is None:  # a failed check must not leave the driver running
+            driver.kill()
     assert driver.wait(timeout=60) == 0, (tmp_path / "driver.log").read_text()[-4000:]
+    groups_at_start, nodes_at_start, killed, added = (seen[k] for k in ("groups", "nodes", "killed", "added"))
 
     # two workers on two different nodes, both of the training group
     assert groups_at_start == ["train", "train"] and len(nodes_at_start) == 2
@@ -86,9 +108,19 @@ def test_spread_workers_labelled_ingest_and_a_lost_node(nodes, synth_shards, tmp
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     resumed = [m for m in metrics if m.get("event") == "resumed"]
     assert resumed, "the run never resumed after losing a node"
-    lost = killed["after_step"] - resumed[-1]["step"]
-    print(f"lost node: killed after step {killed['after_step']}, resumed at {resumed[-1]['step']}: {lost} step(s) "
-          f"redone, on {resumed[-1]['world_size']} worker(s)")
-    assert 0 <= lost <= 4
-    assert max(m["step"] for m in metrics if "loss" in m) == 12
-    assert max(int(p.name.split("step")[1]) for p in run_dir.glob("checkpoint_step*")) == 12
+    done_before = max(m["step"] for m in metrics if "loss" in m and m["time"] < resumed[0]["time"])
+    lost = done_before - resumed[0]["step"]  # the workers may get a step further than the watcher saw
+    print(f"lost node: killed after step {done_before}, resumed at {resumed[0]['step']}: {lost} step(s) "
+          f"redone, on {resumed[0]['world_size']} worker(s); then grown to "
+          f"{[(m['step'], m['world_size']) for m in resumed[1:]]} (step, workers)")
+    # at most the checkpoint interval plus one checkpoint Ray Train had written but not yet committed
+    assert 0 <= lost <= 8 and resumed[0]["world_size"] == 1  # scaled down: one training node left
+    checkpoints = {int(p.name.split("step")[1]): p for p in run_dir.glob("checkpoint_step*")}
+    saved = json.loads((checkpoints[resumed[0]["step"]] / "position.json").read_text())
+    assert [resumed[0][k] for k in ("stage", "round", "beta")] == [saved[k] for k in ("stage", "round", "beta")]
+    after = [m["step"] for m in metrics if "loss" in m and m["time"] > resumed[0]["time"]]
+    assert after[0] == resumed[0]["step"] + 1  # continued from the checkpoint, not from the start
+    assert added, "the run never resumed on one worker"
+    assert any(m["world_size"] == 2 and m["step"] >= added["at_step"] for m in resumed[1:]), resumed  # scaled up
+    assert max(m["step"] for m in metrics if "loss" in m) == 32
+    assert max(checkpoints) == 32
