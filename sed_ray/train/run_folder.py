@@ -24,12 +24,16 @@ def _flatten(value, prefix: str = "") -> dict:
     return {prefix[:-1]: value}
 
 
-def resume_conflicts(saved: dict, current: dict) -> list[str]:
-    """Settings (dotted keys) that differ between a run's saved config and a relaunch of it. Keys only
-    one side knows (a config written by another sed-ray version) are not compared."""
+def differing(saved: dict, current: dict) -> dict[str, tuple]:
+    """Dotted keys whose values differ between a saved config and a relaunch's, as (saved, current). Keys
+    only one side knows (a config written by another sed-ray version) are not compared."""
     old, new = _flatten(saved), _flatten(current)
-    return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in sorted(old.keys() & new.keys())
-            if not _may_change(key) and old[key] != new[key]]
+    return {key: (old[key], new[key]) for key in sorted(old.keys() & new.keys()) if old[key] != new[key]}
+
+
+def resume_conflicts(saved: dict, current: dict) -> list[str]:
+    """Settings (dotted keys) that differ between a run's saved config and a relaunch of it."""
+    return [f"{key}: {old!r} -> {new!r}" for key, (old, new) in differing(saved, current).items() if not _may_change(key)]
 
 
 def _may_change(key: str) -> bool:

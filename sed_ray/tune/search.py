@@ -20,7 +20,7 @@ from sed_ray.storage import RemotePath, location
 from sed_ray.train.capacity import cluster_shape
 from sed_ray.train.launcher import alive_nodes, check_resources, fixed_paths, run_needs
 from sed_ray.train.plan import validate, validation_reports
-from sed_ray.train.run_folder import start_run_dir
+from sed_ray.train.run_folder import differing, start_run_dir
 from sed_ray.tune.space import check_space, distribution, grid_size, trial_config
 
 DRIVER_CPUS = 1.0  # the trial's driver function; its training workers ask for their own resources
@@ -109,7 +109,7 @@ def _record_or_match(folder: Path, config: TrainConfig, name: str) -> None:
     recorded, wanted = folder / "search.json", json.loads(json.dumps(config.to_dict(), default=list))
     if recorded.exists():
         before = json.loads(recorded.read_text())
-        changed = sorted(k for k in set(before) | set(wanted) if before.get(k) != wanted.get(k))
+        changed = list(differing(before, wanted))  # keys a newer sed-ray added are not a change
         if changed:
             raise ValueError(f"search {name!r} in {folder} was started with another config (differs in: "
                              f"{', '.join(changed)}); relaunch with the same config to resume it, or pick a new --name")

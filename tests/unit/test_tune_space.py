@@ -3,6 +3,8 @@ become a complete training config."""
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,10 @@ def test_a_relaunch_must_ask_for_the_same_search(tmp_path):
     config = config_with({"beta.end": {"loguniform": [1e-5, 1e-2]}})
     _record_or_match(tmp_path / "s", config, "s")
     _record_or_match(tmp_path / "s", config, "s")  # the same search: resumes
+    recorded = json.loads((tmp_path / "s" / "search.json").read_text())
+    del recorded["scaling"]["resize_check_s"]  # written by an older sed-ray: a key it did not know is no change
+    (tmp_path / "s" / "search.json").write_text(json.dumps(recorded))
+    _record_or_match(tmp_path / "s", config, "s")
     config.tune.space = {"beta.end": {"loguniform": [1e-6, 1e-2]}}
-    with pytest.raises(ValueError, match="started with another config \\(differs in: tune\\)"):
+    with pytest.raises(ValueError, match="started with another config \\(differs in: tune.space.beta.end.loguniform\\)"):
         _record_or_match(tmp_path / "s", config, "s")
