@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from sed_ray.config import ScalingSection
-from sed_ray.storage import location
+from sed_ray.storage import is_remote, location
 
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # written by `ray up` on the head node
 UNBOUNDED = 10**6  # a group with no upper limit (KubeRay without maxReplicas, the GCS's -1)
@@ -52,7 +52,7 @@ def nodes_now(nodes: list[dict]) -> ClusterShape:
 def shape_from_file(path: str) -> ClusterShape:
     """Node groups from a cluster-launcher YAML (`available_node_types`) or a KubeRay RayCluster or RayJob
     manifest (`workerGroupSpecs`); a ValueError names the file and what is missing."""
-    where = location(str(Path(path).expanduser()) if not str(path).startswith(("s3://", "gs://")) else path)
+    where = location(path if is_remote(path) else str(Path(path).expanduser()))
     try:
         document = yaml.safe_load(where.read_text())
     except (OSError, yaml.YAMLError) as exc:
