@@ -146,13 +146,20 @@ def most_workers(shape: ClusterShape, scaling: ScalingSection) -> int | None:
             per_node.append((fits, group.max_count, group.head))
     if scaling.placement_strategy == "STRICT_PACK":  # every worker on one node
         return max((fits for fits, _, _ in per_node), default=0)
+    per_node.sort(reverse=True)  # the roomiest nodes first
+    counts = _within_budget(shape, [(nodes, head) for _, nodes, head in per_node])
+    return sum(count * (1 if scaling.placement_strategy == "STRICT_SPREAD" else fits)
+               for count, (fits, _, _) in zip(counts, per_node))
+
+
+def _within_budget(shape: ClusterShape, groups: list[tuple[int, bool]]) -> list[int]:
+    """Nodes usable from each (max_count, is head) in order, under the launcher's global max_workers."""
     budget = shape.max_worker_nodes if shape.max_worker_nodes is not None else UNBOUNDED
-    total = 0
-    for fits, nodes, head in sorted(per_node, reverse=True):  # the roomiest nodes first
-        usable = nodes if head else min(nodes, budget)
-        budget -= 0 if head else usable
-        total += usable * (1 if scaling.placement_strategy == "STRICT_SPREAD" else fits)
-    return total
+    counts = []
+    for nodes, head in groups:
+        counts.append(nodes if head else min(nodes, budget))
+        budget -= 0 if head else counts[-1]
+    return counts
 
 
 def most_cpus(shape: ClusterShape, labels: dict[str, str]) -> float | None:
@@ -160,13 +167,9 @@ def most_cpus(shape: ClusterShape, labels: dict[str, str]) -> float | None:
     groups = [g for g in shape.groups if all(g.labels.get(k) == v for k, v in labels.items())]
     if any(g.resources is None for g in groups):
         return None
-    budget = shape.max_worker_nodes if shape.max_worker_nodes is not None else UNBOUNDED
-    total = 0.0
-    for group in sorted(groups, key=lambda g: -g.resources.get("CPU", 0.0)):
-        usable = group.max_count if group.head else min(group.max_count, budget)
-        budget -= 0 if group.head else usable
-        total += usable * group.resources.get("CPU", 0.0)
-    return total
+    groups = sorted(groups, key=lambda g: -g.resources.get("CPU", 0.0))
+    counts = _within_budget(shape, [(g.max_count, g.head) for g in groups])
+    return float(sum(count * g.resources.get("CPU", 0.0) for count, g in zip(counts, groups)))
 
 
 def describe(shape: ClusterShape) -> str:
