@@ -85,12 +85,14 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from sed_ray.config import load_config
+    from sed_ray.config import InferenceOptions, load_config
     from sed_ray.tune.ablate import ablate
 
     config = load_config(args.config, args.overrides)
+    pool = InferenceOptions(actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor)
     ablate(config, args.name or f"{config.name}-ablate-{args.grid}", grid=args.grid, seeds=args.seeds,
-           split=args.split, replicates=args.replicates, reference_descriptors=not args.no_reference_descriptors)
+           split=args.split, replicates=args.replicates, reference_descriptors=not args.no_reference_descriptors,
+           pool=pool)
     return 0
 
 
@@ -304,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates (default 1000)")
     ablate.add_argument("--no-reference-descriptors", action="store_true",
                         help="skip scoring the emotion after the reference descriptors (halves the evaluations)")
+    _pool_arguments(ablate)  # the evaluations' model replicas
     ablate.add_argument("overrides", nargs="*", help="dotted overrides of the config")
     ablate.set_defaults(handler=_ablate)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,7 +67,10 @@ class LocalNodes:
         return node
 
     def add(self, cpus: int, labels: str = "", resources: str = "") -> subprocess.Popen:
-        args = [f"--address={self.gcs_address}", f"--num-cpus={cpus}"]
+        # its own temp dir, as a separate machine has: nodes sharing one would share (and clean up) each
+        # other's unpacked job packages, deleting a running job's working directory
+        args = [f"--address={self.gcs_address}", f"--num-cpus={cpus}",
+                f"--temp-dir={tempfile.mkdtemp(prefix='n', dir=self.temp_dir)}"]
         args += [f"--labels={labels}"] if labels else []
         args += [f"--resources={resources}"] if resources else []
         node = self._start(args)
@@ -103,3 +107,4 @@ class LocalNodes:
         for node in reversed(list(self.nodes)):
             self.kill(node)
         subprocess.run(["pkill", "-9", "-f", self.temp_dir], check=False)  # anything left of that session
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

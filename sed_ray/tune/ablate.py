@@ -43,12 +43,16 @@ def cell_problems(config: TrainConfig, cells: dict[str, dict], seeds: list[int])
 
 
 def ablate(config: TrainConfig, name: str, grid: str = "paper", seeds: int = 3, split: str = "test",
-           replicates: int = 1000, reference_descriptors: bool = True, log=print) -> dict:
+           replicates: int = 1000, reference_descriptors: bool = True, pool: InferenceOptions = InferenceOptions(),
+           log=print) -> dict:
+    """`pool`: how the evaluations' model replicas are sized (its actors, gpus_per_actor, cpus_per_actor);
+    the rest of each evaluation's options follow from its cell."""
     from sed_ray.tune.search import run_search, search_dir
 
     cells = grid_cells(config, grid)
     seed_values = [config.seed + k for k in range(seeds)]
     found = cell_problems(config, cells, seed_values) + ([] if seeds >= 2 else ["--seeds: at least 2 for a spread"])
+    found += [f"--{p.replace('_', '-')}" for p in pool.problems()]
     if found:
         raise ValueError("invalid ablation (nothing was started):\n  - " + "\n  - ".join(found))
     search = replace(config, tune=replace(config.tune, space={"seed": {"grid": seed_values}}, metric="val_ce",
@@ -56,13 +60,13 @@ def ablate(config: TrainConfig, name: str, grid: str = "paper", seeds: int = 3, 
     log(f"[ablate] grid {grid!r}: {len(cells)} cells x {seeds} seeds = {len(cells) * seeds} training runs")
     results, shared = run_search(search, name, log, cells=cells)
     folder = search_dir(config, name)
-    runs = _evaluate_all(folder, results, shared, cells, split, reference_descriptors, log)
+    runs = _evaluate_all(folder, results, shared, cells, split, reference_descriptors, pool, log)
     table = _tables(runs, cells, replicates)
     return _write(folder, table, grid, seeds, log)
 
 
 def _evaluate_all(folder: Path, results, shared: TrainConfig, cells: dict, split: str, reference_descriptors: bool,
-                  log) -> dict:
+                  pool: InferenceOptions, log) -> dict:
     """(cell, source) -> {seed: predictions file} for every trial that finished, predicting what is
     missing: the test split through Ray Data's actor pool (`eval.infer.run_inference`, the listening check
     on), kept as prediction rows; the metrics are this module's (a cell's own report: `sed-ray evaluate`)."""
@@ -81,12 +85,12 @@ def _evaluate_all(folder: Path, results, shared: TrainConfig, cells: dict, split
             path = folder / "eval" / cell / f"seed{seed}" / f"{source}.parquet"
             if not path.exists():  # written whole or not at all
                 log(f"[ablate] predicting {cell} seed {seed} ({source} descriptors) on {split}")
-                _predict(str(checkpoints[-1]), shared, task, source, split, path)
+                _predict(str(checkpoints[-1]), shared, replace(pool, task=task, descriptors=source), split, path)
             runs.setdefault((cell, source), {})[seed] = path
     return runs
 
 
-def _predict(checkpoint: str, shared: TrainConfig, task: str, source: str, split: str, path: Path) -> None:
+def _predict(checkpoint: str, shared: TrainConfig, options: InferenceOptions, split: str, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -94,10 +98,9 @@ def _predict(checkpoint: str, shared: TrainConfig, task: str, source: str, split
     from sed_ray.eval.infer import failed, run_inference
     from sed_ray.model.weights import model_folder
 
-    options = InferenceOptions(task=task, descriptors=source, max_new_tokens=shared.validation.max_new_tokens,
-                               listening=True)
+    options = replace(options, max_new_tokens=shared.validation.max_new_tokens, listening=True)
     records = run_inference(str(model_folder(checkpoint)), shared.data.shards, options, where={"split": split})
-    rows = [as_prediction(r, get_task(task).fields) for r in records if not failed(r)]
+    rows = [as_prediction(r, get_task(options.task).fields) for r in records if not failed(r)]
     if not rows:
         raise ValueError(f"no utterance of {shared.data.shards} is in split {split!r}: check --split")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,6 @@ import yaml
 from sed_ray.cli import main
 from browser import BROWSER, MISSING, dump_dom, figures_loaded
 
-# 11 minutes on 2 cores (4 trainings of 2 rounds, 6 test-split predictions): over the suite's budget, so
-# `make test-slow` runs it; the table and page it writes are checked in tests/unit/test_ablation_table.py.
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -33,7 +30,7 @@ def test_an_ablation_grid_writes_its_table_with_intervals(synth_shards, ray_clus
     config = tmp_path / "ablate.yaml"
     config.write_text(yaml.safe_dump(tiny))
     assert main(["ablate", "--config", str(config), "--grid", "descriptors", "--seeds", "2", "--name", "abl",
-                 "--replicates", "100"]) == 0
+                 "--replicates", "100", "--actors", "1"]) == 0
     folder = tmp_path / "runs" / "abl"
     rows = list(csv.DictReader((folder / "ablation.csv").open()))
     cells = {(r["measure"], r["descriptors"]): {} for r in rows}

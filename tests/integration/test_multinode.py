@@ -1,14 +1,14 @@
-"""Several Ray nodes on this machine, each its own raylet (tests/ray_nodes.py): training workers spread over
-the nodes labelled for training, ingest on the CPU node group; a whole worker node killed mid-run (scale
-down: the run continues from its last checkpoint on the node that remains, with one worker) and a new
-training node added (scale up, as an autoscaler replacing a reclaimed node: the elastic run grows back to
-two workers), and the run finishes."""
+"""Several Ray nodes on this machine, each its own raylet (tests/ray_nodes.py), token authentication on, and
+the tiny training submitted the way users run it: the real `ray job submit --working-dir .` client. Training
+workers spread over the nodes labelled for training, ingest on the CPU node group; a whole worker node
+killed mid-run (scale down: the run continues from its last checkpoint on the node that remains, with one
+worker) and a new training node added (scale up, as an autoscaler replacing a reclaimed node: the elastic
+run grows back to two workers), and the job succeeds with its checkpoints where the config put them."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,8 +18,11 @@ from ray_nodes import BIN, LocalNodes
 from sed_ray.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
 TRAIN_SLOT = '{"train_slot": 1}'
+# Steps of a tiny step take ~0.2 s: the steps after the resume on one worker must outlast adding a node and
+# Ray Train's resize to two workers (tens of seconds), or the run ends before it can grow.
+STAGE2_STEPS = 76
+TOTAL = 4 + STAGE2_STEPS
 
 
 @pytest.fixture(scope="module")
@@ -72,27 +75,54 @@ def _watch(cluster: LocalNodes, driver: subprocess.Popen, run_dir: Path, train_b
     return seen
 
 
-def test_spread_workers_labelled_ingest_and_a_lost_node(nodes, synth_shards, tmp_path):
+def _submit(cluster: LocalNodes, entrypoint: list[str], log=subprocess.PIPE, working_dir: bool = True) -> subprocess.Popen:
+    """`ray job submit` from the repository, as a user's laptop would; it returns when the job ends, 0 if
+    it succeeded."""
+    return subprocess.Popen([str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard_address,
+                             *(["--working-dir", "."] if working_dir else []), "--", *entrypoint], cwd=ROOT,
+                            env=cluster.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def _agent_answers(cluster: LocalNodes, tmp_path: Path) -> None:
+    """The head refuses a client without the token, and takes a job from one with it (its job agent comes
+    up a little after the dashboard answers). No working directory: Ray 2.60 deletes a job's unpacked
+    package once that job ends, even while a job submitted next with the same package starts in it."""
+    anonymous = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
+    anonymous["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "no-token")
+    refused = subprocess.run([str(BIN / "ray"), "job", "list", "--address", cluster.dashboard_address],
+                             env=anonymous, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0
+    deadline = time.time() + 90
+    while True:
+        out, _ = _submit(cluster, ["python", "-c", "pass"], working_dir=False).communicate(timeout=300)
+        if "No available agent" not in out or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert "succeeded" in out.lower(), out[-3000:]
+
+
+def test_a_submitted_job_spreads_survives_a_lost_node_and_grows_back(nodes, synth_shards, tmp_path):
     cluster, _train_a, train_b = nodes
+    _agent_answers(cluster, tmp_path)
     storage = tmp_path / "runs"  # one machine: every node sees the same absolute path, as a shared mount
     args = [f"data.shards={synth_shards}", f"storage={storage}", "name=multinode", "logging.wandb=false",
-            "schedule.stages=[{preset: stage1, steps: 4, lr: 0.003}, {preset: stage2, steps: 28, lr: 0.003}]",
-            "checkpoint.every_steps=4", "checkpoint.keep=10", "scaling.resize_check_s=2", "logging.every_steps=1",
+            f"schedule.stages=[{{preset: stage1, steps: 4, lr: 0.003}}, {{preset: stage2, steps: {STAGE2_STEPS}, lr: 0.003}}]",
+            "checkpoint.every_steps=4", "checkpoint.keep=30", "scaling.resize_check_s=2", "logging.every_steps=1",
             "validation.max_batches=1",
             "data.batch_seconds=12", "optim.warmup_steps=1", "max_failures=3",
             "scaling.num_workers=[1, 2]", "scaling.placement_strategy=SPREAD",
             "scaling.worker_labels={group: train}", "scaling.worker_resources={train_slot: 1}",
             "data.ingest_labels={group: cpu}"]
     log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen([sys.executable, "-m", "sed_ray.cli", "train", "--config", str(TINY), *args], cwd=ROOT,
-                              env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address}, stdout=log, stderr=log)
+    driver = _submit(cluster, ["python", "jobs/train.py", "--config", "jobs/configs/tiny.yaml", *args], log)
     run_dir = storage / "multinode"
     try:
         seen = _watch(cluster, driver, run_dir, train_b)
     finally:
-        if driver.poll() is None:  # a failed check must not leave the driver running
+        if driver.poll() is None:  # a failed check must not leave the client waiting (the cluster goes after)
             driver.kill()
     assert driver.wait(timeout=60) == 0, (tmp_path / "driver.log").read_text()[-4000:]
+    assert "succeeded" in (tmp_path / "driver.log").read_text().lower()
     groups_at_start, nodes_at_start, killed, added = (seen[k] for k in ("groups", "nodes", "killed", "added"))
 
     # two workers on two different nodes, both of the training group
@@ -122,5 +152,5 @@ def test_spread_workers_labelled_ingest_and_a_lost_node(nodes, synth_shards, tmp
     assert after[0] == resumed[0]["step"] + 1  # continued from the checkpoint, not from the start
     assert added, "the run never resumed on one worker"
     assert any(m["world_size"] == 2 and m["step"] >= added["at_step"] for m in resumed[1:]), resumed  # scaled up
-    assert max(m["step"] for m in metrics if "loss" in m) == 32
-    assert max(checkpoints) == 32
+    assert max(m["step"] for m in metrics if "loss" in m) == TOTAL
+    assert max(checkpoints) == TOTAL and (checkpoints[TOTAL] / "model" / "trainable.safetensors").exists()

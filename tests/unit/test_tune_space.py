@@ -76,6 +76,17 @@ def test_the_cli_refuses_a_bad_space_before_anything_starts(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()  # no search folder, no base, no Ray
 
 
+def test_the_cli_refuses_a_bad_ablation_before_anything_starts(tmp_path, capsys):
+    from sed_ray.cli import main
+
+    rc = main(["ablate", "--config", str(TINY), "--seeds", "1", "--actors", "0", "--cpus-per-actor", "0",
+               f"storage={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--seeds: at least 2" in err
+    assert "--actors: must be >= 1 (got 0)" in err and "--cpus-per-actor: must be > 0 (got 0.0)" in err
+    assert not (tmp_path / "runs").exists()  # no search folder, no base, no Ray
+
+
 @pytest.mark.parametrize("base", ["tiny.yaml", "paper.yaml"])
 def test_every_ablation_cell_makes_a_valid_config_with_the_reference_budget(base):
     from sed_ray.train.plan import problems
