@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow demo bench clean
+.PHONY: venv test demo bench clean
 
 venv: $(STAMP)
 
@@ -22,11 +22,7 @@ $(STAMP): pyproject.toml
 # The import contracts (pyproject.toml, [tool.importlinter]) first: a layering slip fails in seconds.
 test: venv
 	$(BIN)/lint-imports
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
-
-# The tests marked slow (pyproject.toml markers): whole ablation grids on a local Ray cluster.
-test-slow: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 demo: venv
 	HF_HUB_OFFLINE=1 DS_ACCELERATOR=cpu $(BIN)/sed-ray demo $(DEMO_ARGS)

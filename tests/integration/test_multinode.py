@@ -3,12 +3,14 @@ the tiny training submitted the way users run it: the real `ray job submit --wor
 workers spread over the nodes labelled for training, ingest on the CPU node group; a whole worker node
 killed mid-run (scale down: the run continues from its last checkpoint on the node that remains, with one
 worker) and a new training node added (scale up, as an autoscaler replacing a reclaimed node: the elastic
-run grows back to two workers), and the job succeeds with its checkpoints where the config put them."""
+run grows back to two workers), and the job succeeds with its checkpoints where the config put them. Then
+batch inference sized for a node the cluster does not have yet waits for it, and runs on it once added."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -44,7 +46,8 @@ def _state(cluster: LocalNodes, kind: str, *filters: str) -> list[dict]:
                           "--detail", "--limit", "10000", *[a for f in filters for a in ("--filter", f)]],
                          env=cluster.env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout)
+    text = out.stdout.strip()
+    return json.loads(text) if text.startswith("[") else []  # none found: a message, not JSON
 
 
 def _node_groups(cluster: LocalNodes) -> dict[str, str]:
@@ -154,3 +157,37 @@ def test_a_submitted_job_spreads_survives_a_lost_node_and_grows_back(nodes, synt
     assert any(m["world_size"] == 2 and m["step"] >= added["at_step"] for m in resumed[1:]), resumed  # scaled up
     assert max(m["step"] for m in metrics if "loss" in m) == TOTAL
     assert max(checkpoints) == TOTAL and (checkpoints[TOTAL] / "model" / "trainable.safetensors").exists()
+
+
+def test_inference_asks_for_what_the_autoscaler_can_add(nodes, tiny_checkpoint, synth_shards, tmp_path):
+    """`infer --actors 1 --cpus-per-actor 3` on a cluster where no node holds 3 CPUs: the pool asks for what
+    it was told (not for what exists now) and waits, until a node that can hold it is added (as an
+    autoscaler would add one); then it predicts every input on that node."""
+    import pyarrow.parquet as pq
+
+    from sed_ray.data.stream import count_rows
+
+    cluster = nodes[0]
+    out = tmp_path / "predictions"
+    log = (tmp_path / "infer.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "sed_ray.cli", "infer", "--checkpoint", str(tiny_checkpoint),
+                               "--input", str(synth_shards), "--out", str(out), "--actors", "1", "--cpus-per-actor", "3",
+                               "--max-new-tokens", "4"], cwd=ROOT, env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address},
+                              stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 180
+        waiting: list = []
+        while not waiting and driver.poll() is None and time.time() < deadline:
+            waiting = [a for a in _state(cluster, "actors", "state=PENDING_CREATION") if "MapWorker" in a["class_name"]]
+            time.sleep(1)
+        assert waiting, "the replica never asked for its 3 CPUs: " + (tmp_path / "infer.log").read_text()[-3000:]
+        assert driver.poll() is None and not (out / "predictions.parquet").exists()  # waiting, not shrunk
+        cluster.add(cpus=3, labels="group=infer")
+        assert driver.wait(timeout=300) == 0, (tmp_path / "infer.log").read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert pq.read_table(out / "predictions.parquet").num_rows == count_rows(synth_shards)
+    groups = _node_groups(cluster)
+    replica = _state(cluster, "actors", f"actor_id={waiting[0]['actor_id']}")
+    assert [groups.get(a["node_id"]) for a in replica] == ["infer"]
