@@ -21,7 +21,7 @@ from sed_ray.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SLOT = '{"train_slot": 1}'
-# Steps of a tiny step take ~0.2 s: the steps after the resume on one worker must outlast adding a node and
+# A tiny step takes ~0.2 s: the steps after the resume on one worker must outlast adding a node and
 # Ray Train's resize to two workers (tens of seconds), or the run ends before it can grow.
 STAGE2_STEPS = 76
 TOTAL = 4 + STAGE2_STEPS
