@@ -182,6 +182,11 @@ class ScalingSection:
     # autoscaler), and if so restarts the group larger from its latest checkpoint (Ray Train's
     # elastic_resize_monitor_interval_s)
     resize_check_s: float = 60.0
+    # how long a (re)started worker group waits for its resources before Ray Train retries with the size the
+    # cluster holds then (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S; None: Ray's own, 60 s). Right after a node
+    # is lost, Ray still counts it until its health checks fail, so an elastic run first asks for the old
+    # size and waits this long before it resumes smaller; on an autoscaling cluster it must cover a node's boot
+    start_timeout_s: float | None = None
     # refuse to start when no node the cluster has or can add holds the workers (train/capacity.py)
     check_resources: bool = True
     # the node groups an autoscaler may add: a cluster-launcher YAML or a KubeRay RayCluster/RayJob manifest
@@ -275,6 +280,8 @@ class TrainConfig:
              f"scaling.placement_strategy: {self.scaling.placement_strategy!r} is not one of "
              f"{', '.join(PLACEMENT_STRATEGIES)}"),
             (self.scaling.resize_check_s >= 0, f"scaling.resize_check_s: must be >= 0, got {self.scaling.resize_check_s}"),
+            (self.scaling.start_timeout_s is None or self.scaling.start_timeout_s > 0,
+             f"scaling.start_timeout_s: must be > 0 (or null: Ray's 60 s), got {self.scaling.start_timeout_s}"),
             (isinstance(self.scaling.num_workers, int) or len(self.scaling.num_workers) == 2,
              f"scaling.num_workers: a count or [min, max], got {self.scaling.num_workers}"),
             (1 <= self.scaling.min_workers <= self.scaling.max_workers,

@@ -23,6 +23,8 @@ from sed_ray.train.plan import validate
 from sed_ray.train.run_folder import start_run_dir
 from sed_ray.train.stages import schedule_for
 
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
 
 def stream_config(config: TrainConfig, shuffle: bool) -> StreamConfig:
     """How the workers' batches are made: the data section's budget, tokenised for every task the stage
@@ -126,6 +128,8 @@ def trainer_for(config: TrainConfig, callbacks: list | None = None):
     from sed_ray.data.stream import data_config, ray_dataset
 
     scaling, data = config.scaling, config.data
+    if scaling.start_timeout_s is not None:  # Ray Train 2.60 passes it from the driver's environment to its controller
+        os.environ[START_TIMEOUT_ENV] = str(scaling.start_timeout_s)
     datasets = {data.train_split: ray_dataset(data.shards, data.train_split, stream_config(config, shuffle=True)),
                 data.valid_split: ray_dataset(data.shards, data.valid_split, stream_config(config, shuffle=False))}
     return TorchTrainer(

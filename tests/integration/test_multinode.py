@@ -110,7 +110,10 @@ def test_a_submitted_job_spreads_survives_a_lost_node_and_grows_back(nodes, synt
     storage = tmp_path / "runs"  # one machine: every node sees the same absolute path, as a shared mount
     args = [f"data.shards={synth_shards}", f"storage={storage}", "name=multinode", "logging.wandb=false",
             f"schedule.stages=[{{preset: stage1, steps: 4, lr: 0.003}}, {{preset: stage2, steps: {STAGE2_STEPS}, lr: 0.003}}]",
-            "checkpoint.every_steps=4", "checkpoint.keep=30", "scaling.resize_check_s=2", "logging.every_steps=1",
+            "checkpoint.every_steps=4", "checkpoint.keep=30", "logging.every_steps=1",
+            # a new node is seen within 2 s; the restart after the loss asks for two workers while Ray still
+            # counts the lost node, and gives up on them after 15 s instead of Ray's 60
+            "scaling.resize_check_s=2", "scaling.start_timeout_s=15",
             "validation.max_batches=1",
             "data.batch_seconds=12", "optim.warmup_steps=1", "max_failures=3",
             "scaling.num_workers=[1, 2]", "scaling.placement_strategy=SPREAD",

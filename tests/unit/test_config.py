@@ -98,6 +98,10 @@ def test_num_workers_takes_a_count_or_an_elastic_range():
     for bad in ("[4, 2]", "[0, 2]", "[1, 2, 3]", "[]", "0"):
         problems = load_config(None, [f"scaling.num_workers={bad}"]).problems()
         assert any(p.startswith("scaling.num_workers:") for p in problems), (bad, problems)
+    assert load_config(None, ["scaling.start_timeout_s=15"]).scaling.start_timeout_s == 15
+    for bad in ("0", "-5"):
+        problems = load_config(None, [f"scaling.start_timeout_s={bad}"]).problems()
+        assert any(p.startswith("scaling.start_timeout_s:") for p in problems), (bad, problems)
     # a resume on another number of workers skips the batches the old group consumed, divided over the new one
     assert batches_to_skip(TrainPosition(batches_in_epoch=6, world_size=2), 2) == 6
     assert batches_to_skip(TrainPosition(batches_in_epoch=6, world_size=2), 3) == 4
