@@ -1,6 +1,11 @@
 """Batch inference as a Ray Data job: inputs -> decode (CPU tasks) -> an actor pool, one model per actor
 (a GPU each when the cluster has them, CPUs otherwise) -> predictions.
 
+Several jobs (checkpoints of one base, each with its own task and descriptor source) can share one pass:
+the inputs are read once and fed job by job, and each replica keeps its model and swaps only the trained
+weights between jobs of the same model config (an ablation's cells and seeds), so the frozen base is
+loaded once per replica instead of once per job.
+
 Inputs: a folder of audio files, a manifest (JSONL/CSV/Parquet, as `prepare` reads them), or a
 `prepare` output folder (already 16 kHz int16). A file that cannot be decoded becomes an error record
 naming the file and the reason; it never stops the job.
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -80,21 +86,56 @@ def decode_row(row: dict, limits: AudioLimits = AudioLimits()) -> dict:
     return {**out, "pcm": pcm.tobytes(), "num_samples": len(pcm), "error": ""}
 
 
-class Predictor:
-    """One model per actor; each call predicts a batch of decoded rows."""
+@dataclass(frozen=True)
+class InferenceJob:
+    """A trained model (a model folder or a training checkpoint) and how to run it."""
 
-    def __init__(self, checkpoint: str, options: InferenceOptions) -> None:
+    checkpoint: str
+    options: InferenceOptions = field(default_factory=InferenceOptions)
+
+
+# options that size the shared actor pool and its batches: one value for every job of a pass
+POOL_OPTIONS = ("batch_size", "actors", "gpus_per_actor", "cpus_per_actor", "group_window")
+
+
+class Predictor:
+    """One model per actor; each call predicts a batch of decoded rows, each row for its job (the `job`
+    column; job 0 when there is none). Switching to a job of the same model config copies in its trained
+    weights only; another config rebuilds the model."""
+
+    def __init__(self, jobs: list[InferenceJob]) -> None:
         import torch
 
-        from sed_ray.model.weights import load_model
-
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_model(checkpoint).to(self.device).eval()
-        self.options = options
+        self.jobs = jobs
+        self.model = self.model_config = self.loaded = None
+
+    def _use(self, job: int) -> None:
+        from sed_ray.model.speech_llm import SpeechEmotionLLM
+        from sed_ray.model.weights import load_trainable, read_config
+
+        checkpoint, self.options = self.jobs[job].checkpoint, self.jobs[job].options
+        if checkpoint == self.loaded:
+            return
+        config = read_config(checkpoint)
+        if config != self.model_config:
+            self.model = None  # the old one freed before the new one is built
+            self._release_memory()
+            self.model = SpeechEmotionLLM.from_config(config).to(self.device).eval()
+            self.model_config = config
+        load_trainable(self.model, checkpoint)
+        self.loaded = checkpoint
 
     def __call__(self, batch: dict) -> dict:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        return self._columns(rows, self._predict_or_split([r for r in rows if not failed(r)]))
+        jobs = [int(r.get("job", 0)) for r in rows]
+        results: dict[tuple[int, str], dict] = {}
+        for job in dict.fromkeys(jobs):  # in order of appearance: rows arrive job by job
+            good = [r for r, j in zip(rows, jobs) if j == job and not failed(r)]
+            if good:
+                self._use(job)
+                results |= {(job, key): p for key, p in self._predict_or_split(good).items()}
+        return self._columns(rows, jobs, results)
 
     def _predict_or_split(self, good: list[dict]) -> dict[str, dict]:
         """Predictions by id. If the model fails on a batch (out of memory, a row it cannot take), each row
@@ -133,11 +174,12 @@ class Predictor:
         return results
 
     @staticmethod
-    def _columns(rows: list[dict], results: dict[str, dict]) -> dict[str, list]:
-        out: dict[str, list] = {k: [] for k in ("id", "source", *META, "error", *PREDICTED, *LISTENING,
+    def _columns(rows: list[dict], jobs: list[int], results: dict[tuple[int, str], dict]) -> dict[str, list]:
+        out: dict[str, list] = {k: [] for k in ("id", "job", "source", *META, "error", *PREDICTED, *LISTENING,
                                                 *LISTENING_BY_FIELD)}
-        for r in rows:
-            p = results.get(r["id"], {})
+        for r, job in zip(rows, jobs):
+            p = results.get((job, r["id"]), {})
+            out["job"].append(job)
             for key in ("id", "source", *META):
                 out[key].append(r.get(key))
             out["error"].append(p.get("error") or r.get("error"))
@@ -172,22 +214,28 @@ def run_inference(checkpoint: str, inputs: str | os.PathLike, options: Inference
     `options.num_beams` > 1 the transcript and descriptor are decoded with beam search; the emotion is
     scored after the best beam. `options.listening` adds, for rows with reference fields, the listening
     check (SpeechEmotionLLM.listening_check)."""
+    return run_inference_jobs([InferenceJob(str(checkpoint), options)], inputs, where=where)[0]
+
+
+def run_inference_jobs(jobs: list[InferenceJob], inputs: str | os.PathLike, *, where: dict | None = None) -> list[list[dict]]:
+    """`run_inference` for several jobs in one pass over the inputs: one list of records per job, each in
+    input order. The jobs share one actor pool, so their pool options (POOL_OPTIONS) must agree; give jobs
+    of the same model config next to each other (a replica rebuilds its model when the config changes)."""
     import ray
     import ray.data
 
     from sed_ray.ray_env import ensure_ray
 
-    problems = options.problems() + [p for p in [_name_problem("task", options.task, TASKS_NAMES),
-                                                 _name_problem("descriptors", options.descriptors, DESCRIPTOR_SOURCES)] if p]
-    if options.labels is not None:
-        from sed_ray.model.weights import model_folder, read_config
-
-        known = read_config(model_folder(checkpoint)).labels
-        if not options.labels or set(options.labels) - set(known):
-            problems.append(f"labels: {list(options.labels)} must be a non-empty subset of the model's labels "
-                            f"{list(known)}")
+    if not jobs:
+        return []
+    problems = [f"{_job_name(k, jobs)}{p}" for k, job in enumerate(jobs) for p in _job_problems(job)]
+    pool = {key: getattr(jobs[0].options, key) for key in POOL_OPTIONS}
+    problems += [f"{_job_name(k, jobs)}{key}: {getattr(job.options, key)!r} differs from job 0's {value!r}; the jobs "
+                 "of one pass share one actor pool" for k, job in enumerate(jobs)
+                 for key, value in pool.items() if getattr(job.options, key) != value]
     if problems:
         raise ValueError("invalid inference options:\n  - " + "\n  - ".join(problems))
+    options = jobs[0].options
     ensure_ray()
     kind, rows = list_inputs(inputs)
     if kind == "shards":
@@ -207,16 +255,46 @@ def run_inference(checkpoint: str, inputs: str | os.PathLike, options: Inference
             raise ValueError(f"no input rows in {inputs}")
         dataset = ray.data.from_items(rows).map(decode_row)
         order = [r["id"] for r in rows]
+    if len(jobs) > 1:  # read and decode once, then the inputs job by job
+        dataset = dataset.materialize()
+        dataset = dataset.map(_tag_job, fn_kwargs={"job": 0}).union(
+            *[dataset.map(_tag_job, fn_kwargs={"job": k}) for k in range(1, len(jobs))])
     actors, gpus, cpus = actor_pool(options, ray.available_resources())
     window = options.batch_size * options.group_window
     if options.group_window > 1:  # similar lengths in a batch: one long clip no longer pads a whole batch
         dataset = dataset.map_batches(sort_by_length, batch_size=window, batch_format="pyarrow")
     predictions = dataset.map_batches(
-        Predictor, fn_constructor_kwargs={"checkpoint": str(checkpoint), "options": options},
+        Predictor, fn_constructor_kwargs={"jobs": list(jobs)},
         batch_size=options.batch_size, concurrency=actors, num_gpus=gpus, num_cpus=cpus, batch_format="default")
     predictions.context.execution_options.preserve_order = True
     position = {key: i for i, key in reversed(list(enumerate(order)))}
-    return sorted((dict(r) for r in predictions.iter_rows()), key=lambda r: position.get(r["id"], len(position)))
+    by_job: list[list[dict]] = [[] for _ in jobs]
+    for record in predictions.iter_rows():
+        record = dict(record)
+        by_job[int(record.pop("job"))].append(record)
+    return [sorted(records, key=lambda r: position.get(r["id"], len(position))) for records in by_job]
+
+
+def _tag_job(row: dict, job: int) -> dict:
+    return {**row, "job": job}
+
+
+def _job_name(k: int, jobs: list) -> str:
+    return f"job {k} ({jobs[k].checkpoint}): " if len(jobs) > 1 else ""
+
+
+def _job_problems(job: InferenceJob) -> list[str]:
+    options = job.options
+    problems = options.problems() + [p for p in [_name_problem("task", options.task, TASKS_NAMES),
+                                                 _name_problem("descriptors", options.descriptors, DESCRIPTOR_SOURCES)] if p]
+    if options.labels is not None:
+        from sed_ray.model.weights import model_folder, read_config
+
+        known = read_config(model_folder(job.checkpoint)).labels
+        if not options.labels or set(options.labels) - set(known):
+            problems.append(f"labels: {list(options.labels)} must be a non-empty subset of the model's labels "
+                            f"{list(known)}")
+    return problems
 
 
 def actor_pool(options: InferenceOptions, available: dict[str, float]) -> tuple[int, float, float]:
@@ -234,10 +312,12 @@ def actor_pool(options: InferenceOptions, available: dict[str, float]) -> tuple[
 
 
 def sort_by_length(window):
-    """A window of inputs reordered by length (failed decodes first: they cost no model time)."""
+    """A window of inputs reordered by length (failed decodes first: they cost no model time), job by job
+    when there are several."""
     import pyarrow.compute as pc
 
-    return window.take(pc.sort_indices(window, sort_keys=[("num_samples", "ascending")]))
+    keys = [("job", "ascending")] if "job" in window.column_names else []
+    return window.take(pc.sort_indices(window, sort_keys=keys + [("num_samples", "ascending")]))
 
 
 def write_predictions(records: list[dict], out: str | os.PathLike) -> tuple[Path, Path]:

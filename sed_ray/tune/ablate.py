@@ -68,10 +68,16 @@ def ablate(config: TrainConfig, name: str, grid: str = "paper", seeds: int = 3, 
 def _evaluate_all(folder: Path, results, shared: TrainConfig, cells: dict, split: str, reference_descriptors: bool,
                   pool: InferenceOptions, log) -> dict:
     """(cell, source) -> {seed: predictions file} for every trial that finished, predicting what is
-    missing: the test split through Ray Data's actor pool (`eval.infer.run_inference`, the listening check
-    on), kept as prediction rows; the metrics are this module's (a cell's own report: `sed-ray evaluate`)."""
+    missing: the test split through Ray Data's actor pool (`eval.infer.run_inference_jobs`, the listening
+    check on), every missing evaluation in one pass over the split, kept as prediction rows; the metrics are
+    this module's (a cell's own report: `sed-ray evaluate`)."""
+    from sed_ray.eval.infer import InferenceJob
+    from sed_ray.model.weights import model_folder
+
     runs: dict = {}
-    for result in results:
+    missing: list[tuple[InferenceJob, Path]] = []
+    options = replace(pool, max_new_tokens=shared.validation.max_new_tokens, listening=True)
+    for result in sorted(results, key=lambda r: str((r.config or {}).get("cell"))):  # a cell's seeds side by side
         params, trial = result.config or {}, (result.metrics or {}).get("trial_id")
         checkpoints = sorted((folder / "runs" / str(trial)).glob("checkpoint_step*"))
         if result.error is not None or not checkpoints:
@@ -84,27 +90,31 @@ def _evaluate_all(folder: Path, results, shared: TrainConfig, cells: dict, split
         for source in sources:
             path = folder / "eval" / cell / f"seed{seed}" / f"{source}.parquet"
             if not path.exists():  # written whole or not at all
-                log(f"[ablate] predicting {cell} seed {seed} ({source} descriptors) on {split}")
-                _predict(str(checkpoints[-1]), shared, replace(pool, task=task, descriptors=source), split, path)
+                job = InferenceJob(str(model_folder(checkpoints[-1])), replace(options, task=task, descriptors=source))
+                missing.append((job, path))
             runs.setdefault((cell, source), {})[seed] = path
+    if missing:
+        log(f"[ablate] predicting {split} for {len(missing)} evaluation(s) in one pass: "
+            + ", ".join(f"{p.parent.parent.name} {p.parent.name} ({p.stem})" for _, p in missing))
+        _predict(missing, shared, split)
     return runs
 
 
-def _predict(checkpoint: str, shared: TrainConfig, options: InferenceOptions, split: str, path: Path) -> None:
+def _predict(jobs: list, shared: TrainConfig, split: str) -> None:
+    """Each job's predictions on `split`, written to its path (whole or not at all)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from sed_ray.eval.evaluate import as_prediction
-    from sed_ray.eval.infer import failed, run_inference
-    from sed_ray.model.weights import model_folder
+    from sed_ray.eval.infer import failed, run_inference_jobs
 
-    options = replace(options, max_new_tokens=shared.validation.max_new_tokens, listening=True)
-    records = run_inference(str(model_folder(checkpoint)), shared.data.shards, options, where={"split": split})
-    rows = [as_prediction(r, get_task(options.task).fields) for r in records if not failed(r)]
-    if not rows:
-        raise ValueError(f"no utterance of {shared.data.shards} is in split {split!r}: check --split")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
+    outputs = run_inference_jobs([job for job, _ in jobs], shared.data.shards, where={"split": split})
+    for (job, path), records in zip(jobs, outputs):
+        rows = [as_prediction(r, get_task(job.options.task).fields) for r in records if not failed(r)]
+        if not rows:
+            raise ValueError(f"no utterance of {shared.data.shards} is in split {split!r}: check --split")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
 
 
 def _load(paths: dict[int, Path], ids: list[str], labels: list[str]) -> list[SeedPredictions]:

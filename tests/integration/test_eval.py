@@ -186,7 +186,7 @@ def test_a_batch_the_model_fails_on_costs_only_its_bad_rows(tiny_checkpoint, syn
     number of PCM bytes, as in a damaged shard) fails the batch; the batch is retried row by row and only
     that row becomes an error record."""
     from sed_ray.config import InferenceOptions
-    from sed_ray.eval.infer import Predictor, failed, sort_by_length
+    from sed_ray.eval.infer import InferenceJob, Predictor, failed, sort_by_length
     from sed_ray.model.weights import model_folder
 
     table = pq.read_table(sorted((synth_shards / "shards").glob("*.parquet"))[0],
@@ -195,7 +195,7 @@ def test_a_batch_the_model_fails_on_costs_only_its_bad_rows(tiny_checkpoint, syn
     rows[2]["pcm"] = rows[2]["pcm"][:-1]
     batch = {key: [r.get(key) for r in rows] for key in ("id", "pcm", "num_samples", "source")}
     batch["error"] = [""] * len(rows)
-    out = Predictor(str(model_folder(tiny_checkpoint)), InferenceOptions(max_new_tokens=4))(batch)
+    out = Predictor([InferenceJob(str(model_folder(tiny_checkpoint)), InferenceOptions(max_new_tokens=4))])(batch)
     records = [dict(zip(out, values)) for values in zip(*out.values())]
     assert [r["id"] for r in records] == [r["id"] for r in rows]
     assert [failed(r) for r in records] == [False, False, True, False]
@@ -205,3 +205,42 @@ def test_a_batch_the_model_fails_on_costs_only_its_bad_rows(tiny_checkpoint, syn
     # length grouping reorders a window by length; inference restores the input order afterwards
     sorted_window = sort_by_length(table).column("num_samples").to_pylist()
     assert sorted_window == sorted(table.column("num_samples").to_pylist())
+
+
+def test_one_pass_predicts_several_jobs_as_separate_passes_would(tiny_checkpoint, synth_shards):
+    """The predictor of a several-job pass (an ablation's evaluations): rows of three jobs in one batch
+    (two checkpoints of one config, one of them twice with another descriptor source) come out exactly as
+    each job's own predictor gives them, whatever job the replica ran before (weights swapped, not rebuilt)."""
+    from dataclasses import replace
+
+    from sed_ray.config import InferenceOptions
+    from sed_ray.eval.infer import InferenceJob, Predictor
+    from sed_ray.model.weights import model_folder
+
+    checkpoints = sorted(tiny_checkpoint.parent.glob("step-*"))
+    assert len(checkpoints) >= 2
+    options = InferenceOptions(max_new_tokens=4, listening=True)
+    jobs = [InferenceJob(str(model_folder(checkpoints[-1])), options),
+            InferenceJob(str(model_folder(checkpoints[0])), options),
+            InferenceJob(str(model_folder(checkpoints[-1])), replace(options, descriptors="ground-truth"))]
+    table = pq.read_table(sorted((synth_shards / "shards").glob("*.parquet"))[0],
+                          columns=["id", "pcm", "num_samples", "source", "text", "emotion", "descriptor"]).slice(0, 3)
+    rows = [{**r, "error": ""} for r in table.to_pylist()]
+
+    def columns(rows):
+        return {key: [r.get(key) for r in rows] for key in rows[0]}
+
+    def records(out):
+        return [dict(zip(out, values)) for values in zip(*out.values())]
+
+    alone = [records(Predictor([job])(columns(rows))) for job in jobs]
+    together = records(Predictor(jobs)(columns([{**r, "job": k} for k in (0, 1, 2) for r in rows])))
+    for k in (0, 1, 2):
+        mine = [{**r, "job": 0} for r in together if r["job"] == k]
+        assert [r["id"] for r in mine] == [r["id"] for r in rows]
+        for got, want in zip(mine, alone[k]):
+            assert got.keys() == want.keys()
+            for key in got:  # NaN where a figure does not apply
+                assert got[key] == want[key] or (got[key] != got[key] and want[key] != want[key]), (k, key)
+    # the two checkpoints differ, so a missed swap would show
+    assert [r["posterior"] for r in alone[0]] != [r["posterior"] for r in alone[1]]
