@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install "torch==$${SED_RAY_TORCH:-2.13.0}"
 	$(BIN)/python -m pip install --no-build-isolation "deepspeed==0.19.8"
 	$(BIN)/python -m pip install -e ".[dev]"
+	# DeepSpeed compiles its CPU shared-memory collective op (C++, about a minute on 2 cores) the first time an
+	# engine starts on CPU (cached in ~/.cache/torch_extensions); compiled here once, the first training run
+	# does not stall on it. Where it cannot be compiled now, DeepSpeed tries again at that first engine.
+	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" \
+	  || echo "note: DeepSpeed's CPU communication op was not compiled now; the first CPU training compiles it"
 	touch $(STAMP)
 
 # The import contracts (pyproject.toml, [tool.importlinter]) first: a layering slip fails in seconds.

@@ -69,9 +69,11 @@ def ptb_tokenized(references: list[str], hypotheses: list[str]) -> tuple[dict, d
     """coco-caption's PTB tokenisation of one reference and one hypothesis per utterance."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    tokenizer = PTBTokenizer()
-    return (tokenizer.tokenize({i: [{"caption": r}] for i, r in enumerate(references)}),
-            tokenizer.tokenize({i: [{"caption": h}] for i, h in enumerate(hypotheses)}))
+    # one Java run for both sides (it tokenises line by line, so the result is the same as two runs)
+    tokens = PTBTokenizer().tokenize({**{("ref", i): [{"caption": r}] for i, r in enumerate(references)},
+                                      **{("hyp", i): [{"caption": h}] for i, h in enumerate(hypotheses)}})
+    return ({i: tokens[("ref", i)] for i in range(len(references))},
+            {i: tokens[("hyp", i)] for i in range(len(hypotheses))})
 
 
 def _bleu4_cider(gts: dict, res: dict) -> dict:
