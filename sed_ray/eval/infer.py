@@ -220,7 +220,9 @@ def run_inference(checkpoint: str, inputs: str | os.PathLike, options: Inference
 def run_inference_jobs(jobs: list[InferenceJob], inputs: str | os.PathLike, *, where: dict | None = None) -> list[list[dict]]:
     """`run_inference` for several jobs in one pass over the inputs: one list of records per job, each in
     input order. The jobs share one actor pool, so their pool options (POOL_OPTIONS) must agree; give jobs
-    of the same model config next to each other (a replica rebuilds its model when the config changes)."""
+    of the same model config next to each other (a replica rebuilds its model when the config changes).
+    With several jobs the decoded inputs are held in Ray's object store for the pass: meant for an
+    evaluation split, not a whole corpus."""
     import ray
     import ray.data
 
