@@ -90,6 +90,8 @@ class DataSection:
     batch_seconds: float = 64.0  # padded audio seconds per batch per worker
     max_batch_size: int = 64  # utterances per batch, at most
     window_rows: int = 512  # utterances sorted together for bucketing
+    # Shards one ingest task reads, windows and buckets: windows run across a group's files and end with it.
+    files_per_task: int = 8
     # LLM tokens per batch, at most (0 = no bound): rows x (row_tokens + longest seconds x audio_tokens_per_second).
     # Audio seconds alone let a batch of short clips reach max_batch_size rows of ~160 prompt and target tokens each.
     batch_tokens: int = 0
@@ -296,6 +298,7 @@ class TrainConfig:
             (self.data.batch_seconds > 0, "data.batch_seconds: must be > 0"),
             (self.data.max_batch_size >= 1, "data.max_batch_size: must be >= 1"),
             (self.data.window_rows >= 1, "data.window_rows: must be >= 1"),
+            (self.data.files_per_task >= 1, "data.files_per_task: must be >= 1"),
             (self.data.batch_tokens >= 0, "data.batch_tokens: must be >= 0 (0 = no bound)"),
             (self.model.draft_bank_size >= 0, "model.draft_bank_size: must be >= 0 (0 turns the descriptor draft off)"),
             (self.model.draft_bank_tokens >= 1, "model.draft_bank_tokens: must be >= 1"),

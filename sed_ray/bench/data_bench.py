@@ -2,7 +2,7 @@
 
 prepare: audio seconds written per wall second per CPU core, Ray already started (steady state).
 ingest:  batches of bucketed int16 audio per second through (a) the Ray Data path a training worker
-         uses (read_parquet -> bucket_window -> streaming_split -> AudioBatch) and (b) the same
+         uses (shard paths -> read + bucket_window per file group -> streaming_split -> Batch) and (b) the same
          bucketing in one process with pyarrow alone, over the same shards, measured side by side
          after a warm-up pass; plus (c) a raw pyarrow scan of the PCM column for scale.
 Medians over `repeats`; ratios are taken between figures from the same run.

@@ -19,8 +19,6 @@ Shape legend: B batch size, T samples (16 kHz).
 
 from __future__ import annotations
 
-import math
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +34,6 @@ from sed_ray.data.collate import BATCH_META, Batch, Collate, token_schema, token
 from sed_ray.data.schema import SAMPLE_RATE, SHARD_SCHEMA, binary_value
 from sed_ray.storage import arrow_paths, location
 
-FOOTER_ACTORS = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"  # Ray Data's knob (read_shards)
 READ_COLUMNS = ["pcm", "num_samples", *BATCH_META]
 
 
@@ -76,7 +73,7 @@ def shard_dataset(shard_dir) -> pads.Dataset:
 
 
 def _split_filter(split: str | None):
-    return None if split is None else pads.field("split") == split
+    return _filter(None if split is None else {"split": split})
 
 
 def count_rows(shard_dir: str | Path, split: str | None = None) -> int:
@@ -166,41 +163,61 @@ def batch_schema(collate: Collate | None) -> pa.Schema:
 
 
 # --- the Ray Data path ------------------------------------------------------------------------------
-def read_shards(shard_dir: str | Path, columns: list[str], shuffle=None):
-    """`ray.data.read_parquet` over the shard files with a footer-reader pool sized to them. Ray 2.60's
-    Parquet reader lists files through a pool of footer-reader actors, 32 per execution by default,
-    each a new worker process: every epoch and every validation pass paid for 32 process starts (a
-    2-worker, 8-step run took 107 s against 49 s with one; docs/benchmarks.md). One actor reads 128
-    footers at a time, so one per 256 files is plenty. The pool size is Ray's environment knob, read
-    when the read is built on this process, so it is set only around this call."""
+def file_dataset(files: list[str], shuffle_seed: int | None = None):
+    """A Ray Dataset of shard paths, one per block. With a seed, the file order changes every execution
+    (every epoch) and is the same for a seed (Ray's `randomize_block_order` reseeded per execution).
+
+    Why not `ray.data.read_parquet`: Ray 2.60's Parquet reader lists the files through a footer-reader
+    actor, a new worker process for every execution; an epoch or validation pass paid 2-4 s for it
+    before its first batch (docs/benchmarks.md). Readers downstream open the files themselves."""
     import ray.data
 
-    fs, files = arrow_paths(shard_files(shard_dir))
-    if FOOTER_ACTORS in os.environ:  # the user's own setting wins
-        return ray.data.read_parquet(files, columns=columns, shuffle=shuffle, filesystem=fs)
-    os.environ[FOOTER_ACTORS] = str(min(32, max(1, math.ceil(len(files) / 256))))
-    try:
-        return ray.data.read_parquet(files, columns=columns, shuffle=shuffle, filesystem=fs)
-    finally:
-        del os.environ[FOOTER_ACTORS]
+    dataset = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+    if shuffle_seed is None:
+        return dataset
+    return dataset.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=shuffle_seed,
+                                                                        reseed_after_execution=True))
+
+
+def read_files(paths: pa.Table, columns: list[str], filesystem=None, where: dict | None = None) -> Iterator[pa.Table]:
+    """A `map_batches` step over `file_dataset` rows: each file's rows (`columns`, those matching
+    `where`), streamed a record batch at a time."""
+    for path in paths.column("path").to_pylist():
+        yield from _scan(path, columns, _filter(where), filesystem)
+
+
+def read_shards(shard_dir: str | Path, columns: list[str], where: dict | None = None):
+    """The shards' rows as a Ray Dataset (file order, unshuffled): inference inputs."""
+    from sed_ray.ray_env import ensure_ray
+
+    ensure_ray()
+    files = shard_files(shard_dir)
+    filesystem, inside = arrow_paths(files)
+    return file_dataset(inside).map_batches(read_files, fn_kwargs={"columns": columns, "filesystem": filesystem,
+                                                                   "where": where},
+                                            batch_size=1, batch_format="pyarrow")
+
+
+def bucket_files(paths: pa.Table, split: str | None, config: StreamConfig, filesystem=None) -> Iterator[pa.Table]:
+    """A `map_batches` step over a group of `file_dataset` rows: the group's rows of `split`, in windows of
+    `window_rows` across its files, each window bucketed into batch rows (`bucket_window`)."""
+    for window in _windows(paths.column("path").to_pylist(), split, config.data.window_rows, READ_COLUMNS,
+                           filesystem):
+        yield bucket_window(window, config)
 
 
 def ray_dataset(shard_dir: str | Path, split: str | None, config: StreamConfig):
     """A Ray Dataset of batch rows for `split`; pass it to a TorchTrainer and let Ray Train shard it
-    with `data_config()` (equal batches per rank, deterministic order)."""
-    import ray.data
-
+    with `data_config()` (equal batches per rank, deterministic order). One ingest task reads, windows
+    and buckets `data.files_per_task` shards: windows run across the files of a group and end with it,
+    as in `plain_batches`."""
     from sed_ray.ray_env import ensure_ray
 
     ensure_ray()
-    shuffle = ray.data.FileShuffleConfig(seed=config.seed, reseed_after_execution=True) if config.shuffle else None
-    dataset = read_shards(shard_dir, READ_COLUMNS, shuffle=shuffle)
-    if split is not None:  # an expression filter, which Ray pushes down into the Parquet scan
-        from ray.data.expressions import col
-
-        dataset = dataset.filter(expr=col("split") == split)
-    return dataset.map_batches(bucket_window, fn_kwargs={"config": config}, batch_size=config.data.window_rows,
-                               batch_format="pyarrow", zero_copy_batch=True)
+    filesystem, inside = arrow_paths(shard_files(shard_dir))
+    dataset = file_dataset(inside, config.seed if config.shuffle else None)
+    return dataset.map_batches(bucket_files, fn_kwargs={"split": split, "config": config, "filesystem": filesystem},
+                               batch_size=config.data.files_per_task, batch_format="pyarrow")
 
 
 def data_config(split_datasets: Iterable[str] = ("train",), ingest_labels: dict[str, str] | None = None):
@@ -229,13 +246,14 @@ def plain_batches(shard_dir: str | Path, split: str | None, config: StreamConfig
     files = shard_files(shard_dir)
     if config.shuffle:
         files = [files[i] for i in np.random.default_rng([config.seed, epoch]).permutation(len(files))]
+    filesystem, files = arrow_paths(files)
     usable = None
     if world_size > 1:
         total = sum(len(plan_batches(w.column("num_samples").to_numpy(), config, _window_rng(w, config)))
-                    for w in _windows(files, split, config.data.window_rows, ["id", "num_samples"]))
+                    for w in _group_windows(files, split, config, ["id", "num_samples"], filesystem))
         usable = total - total % world_size
     index = 0
-    for window in _windows(files, split, config.data.window_rows, READ_COLUMNS):
+    for window in _group_windows(files, split, config, READ_COLUMNS, filesystem):
         for row in _rows_of(bucket_window(window, config)):
             if usable is not None and index >= usable:
                 return
@@ -244,22 +262,49 @@ def plain_batches(shard_dir: str | Path, split: str | None, config: StreamConfig
             index += 1
 
 
-def _windows(files: list[str], split: str | None, window_rows: int, columns: list[str]) -> Iterator[pa.Table]:
-    """Consecutive windows of `window_rows` rows across files, like Ray's map_batches(batch_size=...)."""
+def _group_windows(files: list[str], split: str | None, config: StreamConfig, columns: list[str],
+                   filesystem) -> Iterator[pa.Table]:
+    """Windows group by group, as the Ray path's ingest tasks cut them."""
+    step = config.data.files_per_task
+    for start in range(0, len(files), step):
+        yield from _windows(files[start:start + step], split, config.data.window_rows, columns, filesystem)
+
+
+def _windows(files: list[str], split: str | None, window_rows: int, columns: list[str],
+             filesystem) -> Iterator[pa.Table]:
+    """Consecutive windows of `window_rows` rows across `files` (the last one shorter)."""
     pending: list[pa.Table] = []
     pending_rows = 0
+    split_filter = _filter(None if split is None else {"split": split})
     for path in files:
-        fs, (inside,) = arrow_paths([path])
-        table = pq.read_table(inside, columns=columns, filters=_split_filter(split), filesystem=fs)
-        pending.append(table)
-        pending_rows += table.num_rows
-        while pending_rows >= window_rows:
-            merged = pa.concat_tables(pending)
-            yield merged.slice(0, window_rows)
-            rest = merged.slice(window_rows)
-            pending, pending_rows = [rest], rest.num_rows
+        for table in _scan(path, columns, split_filter, filesystem):
+            pending.append(table)
+            pending_rows += table.num_rows
+            while pending_rows >= window_rows:
+                merged = pa.concat_tables(pending)
+                yield merged.slice(0, window_rows)
+                rest = merged.slice(window_rows)
+                pending, pending_rows = [rest], rest.num_rows
     if pending_rows:
         yield pa.concat_tables(pending)
+
+
+def _filter(where: dict | None):
+    """A pyarrow expression for `column == value` pairs (None: every row)."""
+    expression = None
+    for key, value in (where or {}).items():
+        term = pads.field(key) == value
+        expression = term if expression is None else expression & term
+    return expression
+
+
+def _scan(path: str, columns: list[str], row_filter, filesystem) -> Iterator[pa.Table]:
+    """One Parquet file's matching rows, a record batch at a time (row groups the filter rules out are
+    skipped from their statistics)."""
+    scanner = pads.dataset(path, format="parquet", filesystem=filesystem).scanner(columns=columns, filter=row_filter)
+    for batch in scanner.to_batches():
+        if batch.num_rows:
+            yield pa.Table.from_batches([batch])
 
 
 def _rows_of(table: pa.Table) -> Iterator[pa.Table]:

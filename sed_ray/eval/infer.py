@@ -241,13 +241,9 @@ def run_inference_jobs(jobs: list[InferenceJob], inputs: str | os.PathLike, *, w
     ensure_ray()
     kind, rows = list_inputs(inputs)
     if kind == "shards":
-        from ray.data.expressions import col
-
         from sed_ray.data.stream import read_shards, shard_dataset
 
-        dataset = read_shards(inputs, ["id", "pcm", "num_samples", "source", *META])
-        for key, value in (where or {}).items():
-            dataset = dataset.filter(expr=col(key) == value)
+        dataset = read_shards(inputs, ["id", "pcm", "num_samples", "source", *META], where=where)
         dataset = dataset.map(lambda r: {**r, "error": ""})
         listing = shard_dataset(inputs).to_table(columns=["id", *(where or {})]).to_pylist()
         order = [r["id"] for r in listing if all(r.get(k) == v for k, v in (where or {}).items())]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,15 +85,17 @@ def test_plan_batches_respects_budget_and_isolates_long_rows():
     assert sorted(np.concatenate(batches).tolist()) == list(range(5))
 
 
-def _split_ids(dataset, n: int) -> list[list[list[str]]]:
-    """Consume streaming_split(n, equal=True) the way Ray Train does, one consumer thread per rank."""
+def _split_ids(dataset, n: int, epochs: int = 1) -> list[list[list[str]]]:
+    """Consume streaming_split(n, equal=True) the way Ray Train does, one consumer thread per rank; each
+    epoch is one more pass over the same split (an execution), its batches appended after the last's."""
     dataset.context.execution_options.preserve_order = True
     iterators = dataset.streaming_split(n, equal=True)
     results: list[list[list[str]]] = [[] for _ in range(n)]
 
     def consume(rank: int) -> None:
-        for batch in iter_shard(iterators[rank]):
-            results[rank].append(batch.meta["id"])
+        for _epoch in range(epochs):
+            for batch in iter_shard(iterators[rank]):
+                results[rank].append(batch.meta["id"])
 
     threads = [threading.Thread(target=consume, args=(r,)) for r in range(n)]
     for t in threads:
@@ -103,10 +106,22 @@ def _split_ids(dataset, n: int) -> list[list[list[str]]]:
 
 
 def test_ray_path_matches_plain_path_without_shuffle(skewed_shards):
-    config = StreamConfig(DATA, shuffle=False)
+    """Groups of 3 of the 7 shards: windows run across a group's files and end with the group, on both paths."""
+    config = StreamConfig(replace(DATA, files_per_task=3), shuffle=False)
     plain = [b.meta["id"] for b in plain_batches(skewed_shards, "train", config)]
     (ray_batches,) = _split_ids(ray_dataset(skewed_shards, "train", config), 1)
     assert ray_batches == plain
+    whole = [b.meta["id"] for b in plain_batches(skewed_shards, "train", StreamConfig(DATA, shuffle=False))]
+    assert whole != plain  # the grouping is what both paths follow, not a no-op
+
+
+def test_each_execution_reads_the_files_in_a_new_order(skewed_shards):
+    """An epoch is one execution of the dataset: a seed fixes the sequence of file orders, not one order."""
+    dataset = ray_dataset(skewed_shards, "train", replace(CONFIG, data=replace(DATA, files_per_task=1)))
+    (both,) = _split_ids(dataset, 1, epochs=2)
+    first, second = both[:len(both) // 2], both[len(both) // 2:]
+    assert sorted(sum(first, [])) == sorted(sum(second, []))
+    assert first != second
 
 
 def test_split_order_is_deterministic_for_a_seed(skewed_shards):
