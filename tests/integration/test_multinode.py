@@ -136,7 +136,7 @@ def test_a_submitted_job_spreads_survives_a_lost_node_and_grows_back(nodes, synt
     # every ingest task ran on the CPU group's node
     groups = _node_groups(cluster) | {n["node_id"]: n.get("labels", {}).get("group", "?")
                                       for n in _state(cluster, "nodes")}
-    ingest = [t for t in _state(cluster, "tasks") if "bucket_window" in t["name"] or "ReadParquet" in t["name"]]
+    ingest = [t for t in _state(cluster, "tasks") if "bucket_files" in t["name"]]  # read, window, bucket
     assert ingest and {groups.get(t["node_id"]) for t in ingest} == {"cpu"}, {t["name"] for t in ingest}
 
     # the lost node cost the steps since the last checkpoint; the run finished on the node that remained
