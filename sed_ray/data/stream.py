@@ -182,8 +182,9 @@ def file_dataset(files: list[str], shuffle_seed: int | None = None):
 def read_files(paths: pa.Table, columns: list[str], filesystem=None, where: dict | None = None) -> Iterator[pa.Table]:
     """A `map_batches` step over `file_dataset` rows: each file's rows (`columns`, those matching
     `where`), streamed a record batch at a time."""
+    row_filter = _filter(where)
     for path in paths.column("path").to_pylist():
-        yield from _scan(path, columns, _filter(where), filesystem)
+        yield from _scan(path, columns, row_filter, filesystem)
 
 
 def read_shards(shard_dir: str | Path, columns: list[str], where: dict | None = None):
@@ -275,7 +276,7 @@ def _windows(files: list[str], split: str | None, window_rows: int, columns: lis
     """Consecutive windows of `window_rows` rows across `files` (the last one shorter)."""
     pending: list[pa.Table] = []
     pending_rows = 0
-    split_filter = _filter(None if split is None else {"split": split})
+    split_filter = _split_filter(split)
     for path in files:
         for table in _scan(path, columns, split_filter, filesystem):
             pending.append(table)
