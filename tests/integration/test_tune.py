@@ -87,7 +87,11 @@ def test_a_killed_search_resumes_and_writes_its_table_best_config_and_report(syn
     assert "stopped early" in statuses and "failed" not in statuses, rows
     assert all(r["val_ce"] for r in rows)
     best = min(rows, key=lambda r: float(r["val_ce"]))
-    assert float(best["schedule.stages.0.lr"]) in LRS[:2] and best["status"] == "finished"
+    assert float(best["schedule.stages.0.lr"]) in LRS[:2]
+    # ASHA is asynchronous: the second good trial to reach a rung can be stopped there by the first, and its
+    # early objective can still be the lowest in the table (seen once in four suites). What ASHA does promise:
+    # the first trial to report at each rung is never stopped, so a good learning rate runs to the end.
+    assert any(r["status"] == "finished" and float(r["schedule.stages.0.lr"]) in LRS[:2] for r in rows), rows
 
     best_config = yaml.safe_load((folder / "best.yaml").read_text())
     assert best_config["schedule"]["stages"][0]["lr"] == float(best["schedule.stages.0.lr"])
